@@ -1,0 +1,1238 @@
+//! # `Supervisor`: an Erlang/OTP supervisor on ractor
+//!
+//! **Supervises** (in start order): the static children of its [`SupervisorSpec`], each after
+//! the previous one's start returned; then, on demand, dynamic instances of its one
+//! [`DynamicSpec`] template (per-message workers), at most `max_children` at once.
+//! **Strategy**: per spec: `one_for_one`, `one_for_all` or `rest_for_one` over the static
+//! children; dynamic children are always restarted one for one.
+//! **Intensity**: per spec: more than `max_restarts` restart attempts (failed ones included)
+//! in a sliding `period` and it gives up: it stops its children in reverse order and fails to
+//! its parent with a reason saying so.
+//! **Supervised by**: its parent `Supervisor` (through [`ChildSpec::supervisor`]), or nobody
+//! when it is the root, in which case [`Tree::gave_up`] tells why it gave up.
+//!
+//! What it overrides in ractor: ractor's default `handle_supervisor_evt` stops the parent when
+//! any child exits, keeps children unordered, kills (without `post_stop`) the subtree of an
+//! exiting actor, and reports `kill()` as a plain termination with reason `"killed"`. This
+//! supervisor restarts per restart type and strategy, orders start and stop, stops its
+//! children gracefully in its own `post_stop` before ractor would kill them, and classifies
+//! every exit (see [`ExitClass`]).
+//!
+//! Restarts never block it: a restart's start function runs in a task of its own and reports
+//! back with [`SupervisorMessage::StartDone`], so the supervisor keeps answering queries while
+//! a child is failing to come back. Every incarnation carries a generation and a token; a
+//! report or an exit from an incarnation that is no longer current is ignored.
+
+pub mod backoff;
+pub mod spec;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RactorErr, RpcReplyPort,
+    SupervisionEvent,
+};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+pub use backoff::{Backoff, SplitMix64};
+pub use spec::{
+    ChildCtx, ChildSpec, DynArgs, DynamicSpec, Intensity, Restart, Shutdown, StartFn, Strategy,
+};
+
+use crate::tree::{EventKind, ExitClass, NodeKind, NodeRecord, NodeStatus, SupervisorInfo, Tree};
+use crate::watchdog::Watchdog;
+
+/// Errors of the supervision layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("child `{child}` failed to start: {reason}")]
+    StartFailed { child: String, reason: String },
+    #[error("max_children ({0}) reached")]
+    MaxChildren(usize),
+    #[error("this supervisor has no dynamic child template")]
+    NoDynamicSpec,
+    #[error("the supervisor is shutting down")]
+    ShuttingDown,
+    #[error("no child `{0}`")]
+    NoSuchChild(String),
+    #[error("supervisor `{path}` gave up: {reason}")]
+    GaveUp { path: String, reason: String },
+    #[error("supervisor unreachable: {0}")]
+    Unreachable(String),
+}
+
+/// What a supervisor starts and how it reacts.
+#[derive(Clone, Debug)]
+pub struct SupervisorSpec {
+    pub strategy: Strategy,
+    pub intensity: Intensity,
+    /// Static children, in start order.
+    pub children: Vec<ChildSpec>,
+    pub dynamic: Option<DynamicSpec>,
+    /// Seed of the backoff jitter.
+    pub seed: u64,
+}
+
+impl SupervisorSpec {
+    pub fn new(strategy: Strategy, intensity: Intensity) -> Self {
+        SupervisorSpec {
+            strategy,
+            intensity,
+            children: Vec::new(),
+            dynamic: None,
+            seed: 0x5EED,
+        }
+    }
+
+    pub fn child(mut self, child: ChildSpec) -> Self {
+        self.children.push(child);
+        self
+    }
+
+    pub fn dynamic(mut self, template: ChildSpec, max_children: usize) -> Self {
+        self.dynamic = Some(DynamicSpec {
+            template,
+            max_children,
+        });
+        self
+    }
+
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+}
+
+/// Arguments of a [`Supervisor`].
+#[derive(Debug)]
+pub struct SupervisorArgs {
+    pub spec: SupervisorSpec,
+    pub tree: Tree,
+    /// This supervisor's path; its children are `path/<id>`.
+    pub path: String,
+}
+
+/// A started dynamic child.
+#[derive(Debug, Clone)]
+pub struct StartedChild {
+    pub id: String,
+    pub path: String,
+    pub cell: ActorCell,
+}
+
+/// One child, as [`SupervisorMessage::WhichChildren`] reports it.
+#[derive(Debug, Clone)]
+pub struct ChildInfo {
+    pub id: String,
+    pub path: String,
+    pub dynamic: bool,
+    pub status: NodeStatus,
+    pub generation: u64,
+    pub cell: Option<ActorCell>,
+}
+
+/// Counts, as [`SupervisorMessage::CountChildren`] reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChildCounts {
+    pub specs: usize,
+    pub active: usize,
+    pub dynamic: usize,
+    pub supervisors: usize,
+    pub workers: usize,
+}
+
+/// Which child a message is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ChildKey {
+    Static(usize),
+    Dynamic(u64),
+}
+
+/// A timer that fired.
+#[derive(Debug, Clone, Copy)]
+pub enum Due {
+    /// One child's backoff ended (one_for_one, dynamic children).
+    Child { key: ChildKey, token: u64 },
+    /// The group restart queue may go on (one_for_all, rest_for_one).
+    Queue { token: u64 },
+}
+
+/// The supervisor's one message enum.
+#[derive(Debug)]
+pub enum SupervisorMessage {
+    /// Start a dynamic child with these arguments.
+    StartChild {
+        args: DynArgs,
+        reply: RpcReplyPort<Result<StartedChild, SupervisorError>>,
+    },
+    /// Stop a child (by id) with its shutdown policy; it is not restarted. Dynamic children
+    /// are removed; static ones stay `stopped`.
+    TerminateChild {
+        id: String,
+        reply: RpcReplyPort<Result<(), SupervisorError>>,
+    },
+    WhichChildren(RpcReplyPort<Vec<ChildInfo>>),
+    CountChildren(RpcReplyPort<ChildCounts>),
+    /// Internal: a backoff timer fired.
+    #[doc(hidden)]
+    RestartDue(Due),
+    /// Internal: an asynchronous (re)start finished.
+    #[doc(hidden)]
+    StartDone {
+        key: ChildKey,
+        token: u64,
+        result: Result<ActorCell, (ExitClass, String)>,
+    },
+    /// Internal: a child's handler overran its deadline.
+    #[doc(hidden)]
+    WatchdogFired {
+        key: ChildKey,
+        token: u64,
+        busy_for: Duration,
+    },
+}
+
+/// The supervisor actor.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Supervisor;
+
+struct Child {
+    spec: ChildSpec,
+    args: Option<DynArgs>,
+    id: String,
+    path: String,
+    order: u64,
+    cell: Option<ActorCell>,
+    status: NodeStatus,
+    generation: u64,
+    token: u64,
+    consecutive: u32,
+    started_at: Option<Instant>,
+    next_restart_at: Option<Instant>,
+    watcher: Option<AbortHandle>,
+    /// The current incarnation's watchdog (also in its `ChildCtx`).
+    watchdog: Watchdog,
+    /// Set when the supervisor kills it on purpose (watchdog), to classify the exit.
+    pending_exit: Option<(ExitClass, String)>,
+    removed: bool,
+}
+
+impl Child {
+    fn new(spec: ChildSpec, args: Option<DynArgs>, id: String, path: String, order: u64) -> Self {
+        Child {
+            spec,
+            args,
+            id,
+            path,
+            order,
+            cell: None,
+            status: NodeStatus::Starting,
+            generation: 0,
+            token: 0,
+            consecutive: 0,
+            started_at: None,
+            next_restart_at: None,
+            watcher: None,
+            watchdog: Watchdog::new(),
+            pending_exit: None,
+            removed: false,
+        }
+    }
+}
+
+/// The supervisor's state.
+pub struct SupervisorState {
+    path: String,
+    tree: Tree,
+    strategy: Strategy,
+    intensity: Intensity,
+    rng: SplitMix64,
+    statics: Vec<Child>,
+    dynamic: Option<DynamicSpec>,
+    dyns: BTreeMap<u64, Child>,
+    next_dyn: u64,
+    by_id: HashMap<ActorId, ChildKey>,
+    /// Incarnations stopped by this supervisor: their exit events are expected and dropped.
+    expected: HashSet<ActorId>,
+    /// Incarnations found already dead when they were to be stopped: their late exit events
+    /// are stale (`StaleIgnored`).
+    retired: HashMap<ActorId, (String, u64)>,
+    window: std::collections::VecDeque<Instant>,
+    queue: BTreeSet<usize>,
+    queue_inflight: Option<usize>,
+    queue_hold_until: Option<Instant>,
+    queue_token: u64,
+    shutting_down: bool,
+    gave_up: Option<String>,
+}
+
+impl std::fmt::Debug for SupervisorState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupervisorState")
+            .field("path", &self.path)
+            .field("statics", &self.statics.len())
+            .field("dynamic", &self.dyns.len())
+            .finish()
+    }
+}
+
+/// Classify a `Terminated` exit reason.
+pub fn classify_stop(reason: Option<&str>) -> (ExitClass, String) {
+    match reason {
+        None => (ExitClass::Normal, "normal".into()),
+        Some("normal") => (ExitClass::Normal, "normal".into()),
+        Some(r) if r == "shutdown" || r.starts_with("shutdown:") => (ExitClass::Shutdown, r.into()),
+        Some("killed") | Some("actor_task_cancelled") => (ExitClass::Killed, "killed".into()),
+        Some(r) => (ExitClass::Abnormal, r.into()),
+    }
+}
+
+/// Order offset of dynamic children after the static ones in snapshots.
+const DYN_ORDER_BASE: u64 = 1 << 32;
+
+impl SupervisorState {
+    fn child(&self, key: ChildKey) -> Option<&Child> {
+        match key {
+            ChildKey::Static(i) => self.statics.get(i).filter(|c| !c.removed),
+            ChildKey::Dynamic(n) => self.dyns.get(&n),
+        }
+    }
+
+    fn child_mut(&mut self, key: ChildKey) -> Option<&mut Child> {
+        match key {
+            ChildKey::Static(i) => self.statics.get_mut(i).filter(|c| !c.removed),
+            ChildKey::Dynamic(n) => self.dyns.get_mut(&n),
+        }
+    }
+
+    fn is_root(&self) -> bool {
+        !self.path.contains('/')
+    }
+
+    fn group_strategy(&self) -> bool {
+        self.strategy != Strategy::OneForOne
+    }
+
+    /// Write a child's record to the live tree.
+    fn publish(&self, key: ChildKey) {
+        let Some(c) = self.child(key) else { return };
+        let cell = c.cell.clone();
+        let (status, generation, started_at, next) =
+            (c.status, c.generation, c.started_at, c.next_restart_at);
+        self.tree.update(&c.path, |r| {
+            r.cell = cell;
+            r.status = status;
+            r.generation = generation;
+            r.restarts = generation.saturating_sub(1);
+            r.started_at = started_at;
+            r.next_restart_at = next;
+        });
+    }
+
+    /// Write this supervisor's own info to the live tree.
+    fn publish_self(&self) {
+        let info = SupervisorInfo {
+            strategy: self.strategy,
+            max_restarts: self.intensity.max_restarts,
+            period_ms: self.intensity.period.as_millis() as u64,
+            window_used: self.window.len() as u32,
+            dynamic_children: self.dyns.len(),
+            max_children: self.dynamic.as_ref().map(|d| d.max_children),
+            gave_up: self.gave_up.clone(),
+        };
+        self.tree.update(&self.path, |r| r.supervisor = Some(info));
+    }
+
+    fn set_status(&mut self, key: ChildKey, status: NodeStatus) {
+        if let Some(c) = self.child_mut(key) {
+            c.status = status;
+            if status != NodeStatus::BackingOff {
+                c.next_restart_at = None;
+            }
+        }
+        self.publish(key);
+    }
+
+    /// Prepare an incarnation: new generation and token, `starting`, and the context.
+    fn prepare_start(
+        &mut self,
+        myself: &ActorCell,
+        key: ChildKey,
+    ) -> Option<(StartFn, Duration, ChildCtx)> {
+        let tree = self.tree.clone();
+        let c = self.child_mut(key)?;
+        c.generation += 1;
+        c.token += 1;
+        c.status = NodeStatus::Starting;
+        c.next_restart_at = None;
+        let watchdog = Watchdog::new();
+        c.watchdog = watchdog.clone();
+        let ctx = ChildCtx {
+            supervisor: myself.clone(),
+            path: c.path.clone(),
+            generation: c.generation,
+            tree,
+            watchdog,
+            args: c.args.clone(),
+        };
+        let out = (c.spec.start.clone(), c.spec.start_timeout, ctx);
+        self.publish(key);
+        Some(out)
+    }
+
+    /// A start returned a live cell.
+    fn on_started(&mut self, myself: &ActorRef<SupervisorMessage>, key: ChildKey, cell: ActorCell) {
+        let now = Instant::now();
+        self.by_id.insert(cell.get_id(), key);
+        let Some(c) = self.child_mut(key) else { return };
+        c.cell = Some(cell);
+        c.status = NodeStatus::Running;
+        c.started_at = Some(now);
+        c.next_restart_at = None;
+        if let Some(deadline) = c.spec.handler_deadline {
+            let me = myself.clone();
+            let token = c.token;
+            let watchdog = c.watchdog.clone();
+            let task = tokio::spawn(async move {
+                let busy_for = watchdog.overrun(deadline).await;
+                let _ = me.send_message(SupervisorMessage::WatchdogFired {
+                    key,
+                    token,
+                    busy_for,
+                });
+            });
+            c.watcher = Some(task.abort_handle());
+        }
+        let (path, generation) = (c.path.clone(), c.generation);
+        self.publish(key);
+        self.tree.emit(&path, generation, EventKind::Started);
+    }
+
+    fn record_exit(&self, key: ChildKey, class: ExitClass, reason: String) {
+        let Some(c) = self.child(key) else { return };
+        let exit = self.tree.exit_record(c.generation, class, reason.clone());
+        self.tree.push_exit(&c.path, exit);
+        self.tree
+            .emit(&c.path, c.generation, EventKind::Exited { class, reason });
+    }
+
+    /// Count one restart attempt in the sliding window; `Err` when intensity is exceeded.
+    fn count_restart(&mut self) -> Result<(), String> {
+        let now = Instant::now();
+        self.window.push_back(now);
+        while let Some(front) = self.window.front() {
+            if now.saturating_duration_since(*front) > self.intensity.period {
+                self.window.pop_front();
+            } else {
+                break;
+            }
+        }
+        self.publish_self();
+        if self.window.len() as u32 > self.intensity.max_restarts {
+            Err(format!(
+                "restart intensity exceeded: {} restarts within {} ms (max {})",
+                self.window.len(),
+                self.intensity.period.as_millis(),
+                self.intensity.max_restarts
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Take a child's live cell out of the books before stopping it on purpose.
+    fn detach(&mut self, key: ChildKey) -> Option<(ActorCell, Shutdown)> {
+        let c = self.child_mut(key)?;
+        c.token += 1;
+        if let Some(w) = c.watcher.take() {
+            w.abort();
+        }
+        let cell = c.cell.take()?;
+        let policy = c.spec.shutdown;
+        let (path, generation) = (c.path.clone(), c.generation);
+        c.status = NodeStatus::Stopping;
+        self.by_id.remove(&cell.get_id());
+        if cell.get_status() >= ActorStatus::Stopping {
+            // Died on its own and its exit is still in our mailbox: that exit is stale now.
+            self.retired.insert(cell.get_id(), (path, generation));
+            self.publish(key);
+            return None;
+        }
+        self.expected.insert(cell.get_id());
+        self.publish(key);
+        Some((cell, policy))
+    }
+
+    /// Stop the given children: dynamic ones in parallel, then static ones one by one in the
+    /// order given. Records each exit; leaves each child with `status_after`.
+    async fn stop_children(&mut self, keys: &[ChildKey], status_after: NodeStatus, why: &str) {
+        let (dyn_keys, static_keys): (Vec<ChildKey>, Vec<ChildKey>) =
+            keys.iter().partition(|k| matches!(k, ChildKey::Dynamic(_)));
+        let mut parallel = Vec::new();
+        for k in dyn_keys {
+            if let Some((cell, policy)) = self.detach(k) {
+                parallel.push((k, cell, policy));
+            } else {
+                self.set_status(k, status_after);
+            }
+        }
+        let results = join_all(
+            parallel
+                .into_iter()
+                .map(|(k, cell, policy)| async move { (k, shutdown_cell(cell, policy).await) }),
+        )
+        .await;
+        for (k, (class, reason)) in results {
+            self.record_exit(k, class, format!("{reason} ({why})"));
+            self.set_status(k, status_after);
+        }
+        for k in static_keys {
+            if let Some((cell, policy)) = self.detach(k) {
+                let (class, reason) = shutdown_cell(cell, policy).await;
+                self.record_exit(k, class, format!("{reason} ({why})"));
+            }
+            self.set_status(k, status_after);
+        }
+    }
+
+    /// Stop everything: dynamic children in parallel, then static children in reverse order.
+    async fn stop_all(&mut self, why: &str) {
+        self.shutting_down = true;
+        let mut keys: Vec<ChildKey> = self.dyns.keys().map(|n| ChildKey::Dynamic(*n)).collect();
+        keys.extend(
+            (0..self.statics.len())
+                .rev()
+                .filter(|i| !self.statics[*i].removed)
+                .map(ChildKey::Static),
+        );
+        self.stop_children(&keys, NodeStatus::Stopped, why).await;
+        for c in self.statics.iter().chain(self.dyns.values()) {
+            if c.spec.kind == NodeKind::Supervisor {
+                self.tree.purge_below(&c.path);
+            }
+        }
+        for n in std::mem::take(&mut self.dyns).into_keys() {
+            self.tree.remove(&format!("{}/{}", self.path, n));
+        }
+        self.publish_self();
+    }
+
+    /// Remove a child's spec (temporary children, finished dynamic children).
+    fn remove_child(&mut self, key: ChildKey) {
+        let path = match key {
+            ChildKey::Static(i) => {
+                let c = &mut self.statics[i];
+                c.removed = true;
+                c.path.clone()
+            }
+            ChildKey::Dynamic(n) => match self.dyns.remove(&n) {
+                Some(c) => c.path,
+                None => return,
+            },
+        };
+        self.tree.purge_below(&path);
+        self.tree.remove(&path);
+        self.publish_self();
+    }
+
+    async fn give_up(&mut self, reason: String) -> Result<(), ActorProcessingErr> {
+        tracing::error!(supervisor = %self.path, %reason, "supervisor gives up");
+        self.gave_up = Some(reason.clone());
+        self.stop_all("supervisor gave up").await;
+        self.publish_self();
+        self.tree.emit(
+            &self.path,
+            0,
+            EventKind::GaveUp {
+                reason: reason.clone(),
+            },
+        );
+        if self.is_root() {
+            self.tree.set_outcome(reason.clone());
+            self.tree.update(&self.path, |r| {
+                r.status = NodeStatus::Stopped;
+                r.cell = None;
+            });
+        }
+        Err(Box::new(SupervisorError::GaveUp {
+            path: self.path.clone(),
+            reason,
+        }))
+    }
+
+    /// Start a child in this task (boot and dynamic start), with its start timeout.
+    async fn start_inline(
+        &mut self,
+        myself: &ActorRef<SupervisorMessage>,
+        key: ChildKey,
+    ) -> Result<(), (ExitClass, String)> {
+        let (start, timeout, ctx) = self
+            .prepare_start(&myself.get_cell(), key)
+            .ok_or((ExitClass::StartFailed, "no such child".to_string()))?;
+        match run_start(start, timeout, ctx).await {
+            Ok(cell) => {
+                self.on_started(myself, key, cell);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Start a child in a task of its own; the result comes back as `StartDone`.
+    fn spawn_start(&mut self, myself: &ActorRef<SupervisorMessage>, key: ChildKey) {
+        let Some((start, timeout, ctx)) = self.prepare_start(&myself.get_cell(), key) else {
+            return;
+        };
+        let token = self.child(key).map(|c| c.token).unwrap_or_default();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let result = run_start(start, timeout, ctx).await;
+            if let Err(ractor::MessagingErr::SendErr(SupervisorMessage::StartDone {
+                result: Ok(cell),
+                ..
+            })) = me.send_message(SupervisorMessage::StartDone { key, token, result })
+            {
+                // The supervisor is gone: nobody will own this incarnation.
+                cell.kill();
+            }
+        });
+    }
+
+    fn schedule(&self, myself: &ActorRef<SupervisorMessage>, at: Instant, due: Due) {
+        let me = myself.clone();
+        if at <= Instant::now() {
+            let _ = me.send_message(SupervisorMessage::RestartDue(due));
+            return;
+        }
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let _ = me.send_message(SupervisorMessage::RestartDue(due));
+        });
+    }
+
+    /// A child needs a restart (after an exit, or after a failed start attempt).
+    async fn restart_later(
+        &mut self,
+        myself: &ActorRef<SupervisorMessage>,
+        key: ChildKey,
+        uptime: Option<Duration>,
+        after_failed_start: bool,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Err(reason) = self.count_restart() {
+            return self.give_up(reason).await;
+        }
+        let mut rng = self.rng.clone();
+        let (delay, id, exceeded) = {
+            let Some(c) = self.child_mut(key) else {
+                return Ok(());
+            };
+            let b = c.spec.backoff;
+            if let Some(up) = uptime {
+                if b.reset_after_ms > 0 && up >= b.reset_after() {
+                    c.consecutive = 0;
+                }
+            }
+            c.consecutive += 1;
+            let exceeded = b.max_retries.is_some_and(|m| c.consecutive > m);
+            (
+                b.delay(c.consecutive, &mut rng),
+                c.id.clone(),
+                exceeded.then_some(b.max_retries),
+            )
+        };
+        self.rng = rng;
+        if let Some(Some(max)) = exceeded {
+            return self
+                .give_up(format!(
+                    "child `{id}` failed more than max_retries ({max}) times in a row"
+                ))
+                .await;
+        }
+        let at = Instant::now() + delay;
+        match key {
+            ChildKey::Static(i) if self.group_strategy() => {
+                if !after_failed_start {
+                    let group: Vec<usize> = match self.strategy {
+                        Strategy::OneForAll => (0..self.statics.len()).collect(),
+                        _ => (i..self.statics.len()).collect(),
+                    };
+                    let group: Vec<usize> = group
+                        .into_iter()
+                        .filter(|j| !self.statics[*j].removed)
+                        .collect();
+                    let others: Vec<ChildKey> = group
+                        .iter()
+                        .rev()
+                        .filter(|j| **j != i)
+                        .map(|j| ChildKey::Static(*j))
+                        .collect();
+                    if self.queue_inflight.is_some_and(|j| group.contains(&j)) {
+                        self.queue_inflight = None;
+                    }
+                    let why = format!("sibling `{id}` failed");
+                    self.stop_group(&others, &why).await;
+                    for j in group {
+                        if !self.statics[j].removed {
+                            self.queue.insert(j);
+                        }
+                    }
+                } else {
+                    self.queue.insert(i);
+                }
+                for j in self.queue.clone() {
+                    if j != i {
+                        self.set_status(ChildKey::Static(j), NodeStatus::Restarting);
+                    }
+                }
+                let hold = self.queue_hold_until.map_or(at, |h| h.max(at));
+                self.queue_hold_until = Some(hold);
+                self.queue_token += 1;
+                self.mark_backing_off(key, hold, delay);
+                self.schedule(
+                    myself,
+                    hold,
+                    Due::Queue {
+                        token: self.queue_token,
+                    },
+                );
+            }
+            _ => {
+                self.mark_backing_off(key, at, delay);
+                let token = self.child(key).map(|c| c.token).unwrap_or_default();
+                self.schedule(myself, at, Due::Child { key, token });
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop the siblings of a failed child for a group restart. Temporary ones are removed.
+    async fn stop_group(&mut self, others: &[ChildKey], why: &str) {
+        for k in others {
+            // A sibling whose start is in flight: its result will be discarded (token bumped).
+            if let Some(c) = self.child_mut(*k) {
+                if c.cell.is_none() {
+                    c.token += 1;
+                }
+            }
+            self.stop_children(std::slice::from_ref(k), NodeStatus::Restarting, why)
+                .await;
+            let (path, generation, temporary) = match self.child(*k) {
+                Some(c) => (
+                    c.path.clone(),
+                    c.generation,
+                    c.spec.restart == Restart::Temporary,
+                ),
+                None => continue,
+            };
+            self.tree
+                .emit(&path, generation, EventKind::StoppedForRestart);
+            if self
+                .child(*k)
+                .is_some_and(|c| c.spec.kind == NodeKind::Supervisor)
+            {
+                self.tree.purge_below(&path);
+            }
+            if temporary {
+                self.remove_child(*k);
+            }
+        }
+    }
+
+    fn mark_backing_off(&mut self, key: ChildKey, at: Instant, delay: Duration) {
+        let Some(c) = self.child_mut(key) else { return };
+        c.status = NodeStatus::BackingOff;
+        c.next_restart_at = Some(at);
+        let (path, generation) = (c.path.clone(), c.generation);
+        self.publish(key);
+        self.tree.emit(
+            &path,
+            generation,
+            EventKind::BackingOff {
+                delay_ms: delay.as_millis() as u64,
+            },
+        );
+    }
+
+    /// Start the next queued static child, if the queue may go on.
+    fn drive_queue(&mut self, myself: &ActorRef<SupervisorMessage>) {
+        if self.shutting_down || self.queue_inflight.is_some() {
+            return;
+        }
+        if self.queue_hold_until.is_some_and(|h| h > Instant::now()) {
+            return;
+        }
+        self.queue_hold_until = None;
+        while let Some(i) = self.queue.pop_first() {
+            if self.statics[i].removed {
+                continue;
+            }
+            self.queue_inflight = Some(i);
+            self.spawn_start(myself, ChildKey::Static(i));
+            return;
+        }
+    }
+
+    /// A supervision event about one of our children.
+    async fn on_exit(
+        &mut self,
+        myself: &ActorRef<SupervisorMessage>,
+        id: ActorId,
+        class: ExitClass,
+        reason: String,
+    ) -> Result<(), ActorProcessingErr> {
+        if self.expected.remove(&id) {
+            return Ok(());
+        }
+        let Some(key) = self.by_id.remove(&id) else {
+            if let Some((path, generation)) = self.retired.remove(&id) {
+                tracing::debug!(%path, generation, "ignoring exit of a retired incarnation");
+                self.tree.emit(&path, generation, EventKind::StaleIgnored);
+            }
+            return Ok(());
+        };
+        let now = Instant::now();
+        let shutting_down = self.shutting_down;
+        let Some(c) = self.child_mut(key) else {
+            return Ok(());
+        };
+        if let Some(w) = c.watcher.take() {
+            w.abort();
+        }
+        c.cell = None;
+        c.token += 1;
+        let (class, reason) = c.pending_exit.take().unwrap_or((class, reason));
+        let uptime = c.started_at.map(|s| now.saturating_duration_since(s));
+        let restart = match c.spec.restart {
+            Restart::Permanent => true,
+            Restart::Transient => class.is_abnormal(),
+            Restart::Temporary => false,
+        } && !shutting_down;
+        let (kind, restart_type, path, generation) =
+            (c.spec.kind, c.spec.restart, c.path.clone(), c.generation);
+        if class.is_abnormal() {
+            tracing::info!(child = %path, generation, ?class, %reason, restart, "child exited");
+        } else {
+            tracing::debug!(child = %path, generation, ?class, %reason, restart, "child exited");
+        }
+        self.record_exit(key, class, reason);
+        if kind == NodeKind::Supervisor {
+            // Its subtree died with it; the next incarnation writes its own.
+            self.tree.purge_below(&path);
+        }
+        if restart {
+            return self.restart_later(myself, key, uptime, false).await;
+        }
+        if restart_type == Restart::Temporary || matches!(key, ChildKey::Dynamic(_)) {
+            self.remove_child(key);
+        } else {
+            self.set_status(key, NodeStatus::Stopped);
+        }
+        self.tree.emit(&path, generation, EventKind::Stopped);
+        Ok(())
+    }
+
+    fn child_key_by_id(&self, id: &str) -> Option<ChildKey> {
+        if let Some(i) = self.statics.iter().position(|c| !c.removed && c.id == id) {
+            return Some(ChildKey::Static(i));
+        }
+        self.dyns
+            .iter()
+            .find(|(_, c)| c.id == id)
+            .map(|(n, _)| ChildKey::Dynamic(*n))
+    }
+}
+
+/// Run a start function under its start timeout.
+async fn run_start(
+    start: StartFn,
+    timeout: Duration,
+    ctx: ChildCtx,
+) -> Result<ActorCell, (ExitClass, String)> {
+    match tokio::time::timeout(timeout, start(ctx)).await {
+        Ok(Ok(cell)) => Ok(cell),
+        Ok(Err(e)) => Err((ExitClass::StartFailed, e.to_string())),
+        Err(_) => Err((
+            ExitClass::Timeout,
+            format!("start did not return within {} ms", timeout.as_millis()),
+        )),
+    }
+}
+
+/// Stop one cell per its shutdown policy; returns how it ended.
+async fn shutdown_cell(cell: ActorCell, policy: Shutdown) -> (ExitClass, String) {
+    match policy {
+        Shutdown::BrutalKill => {
+            let _ = cell.kill_and_wait(None).await;
+            (ExitClass::Shutdown, "shutdown (brutal_kill)".into())
+        }
+        Shutdown::Timeout(d) => match cell.stop_and_wait(Some("shutdown".into()), Some(d)).await {
+            Err(RactorErr::Timeout) => {
+                let _ = cell.kill_and_wait(None).await;
+                (
+                    ExitClass::Killed,
+                    format!(
+                        "did not stop within the shutdown timeout of {} ms; killed",
+                        d.as_millis()
+                    ),
+                )
+            }
+            _ => (ExitClass::Shutdown, "shutdown".into()),
+        },
+        Shutdown::Infinity => {
+            let _ = cell.stop_and_wait(Some("shutdown".into()), None).await;
+            (ExitClass::Shutdown, "shutdown".into())
+        }
+    }
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMessage;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SupervisorArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let SupervisorArgs { spec, tree, path } = args;
+        let root = !path.contains('/');
+        if root || tree.update(&path, |_| ()).is_none() {
+            tree.insert(
+                &path,
+                NodeRecord::new(NodeKind::Supervisor, Restart::Permanent, 0),
+            );
+        }
+        let statics = spec
+            .children
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let id = s.id.clone();
+                Child::new(s, None, id.clone(), format!("{path}/{id}"), i as u64)
+            })
+            .collect::<Vec<_>>();
+        let mut state = SupervisorState {
+            path: path.clone(),
+            tree: tree.clone(),
+            strategy: spec.strategy,
+            intensity: spec.intensity,
+            rng: SplitMix64::new(spec.seed),
+            statics,
+            dynamic: spec.dynamic,
+            dyns: BTreeMap::new(),
+            next_dyn: 0,
+            by_id: HashMap::new(),
+            expected: HashSet::new(),
+            retired: HashMap::new(),
+            window: Default::default(),
+            queue: BTreeSet::new(),
+            queue_inflight: None,
+            queue_hold_until: None,
+            queue_token: 0,
+            shutting_down: false,
+            gave_up: None,
+        };
+        state.publish_self();
+        for i in 0..state.statics.len() {
+            let c = &state.statics[i];
+            let rec = NodeRecord::new(c.spec.kind, c.spec.restart, c.order);
+            tree.insert(&c.path, rec);
+        }
+        for i in 0..state.statics.len() {
+            if let Err((class, reason)) = state.start_inline(&myself, ChildKey::Static(i)).await {
+                let id = state.statics[i].id.clone();
+                state.record_exit(ChildKey::Static(i), class, reason.clone());
+                state.set_status(ChildKey::Static(i), NodeStatus::Stopped);
+                tracing::error!(supervisor = %path, child = %id, %reason, "child failed to start at boot; rolling back");
+                let started: Vec<ChildKey> = (0..i).rev().map(ChildKey::Static).collect();
+                state
+                    .stop_children(&started, NodeStatus::Stopped, "boot rolled back")
+                    .await;
+                if root {
+                    tree.update(&path, |r| r.status = NodeStatus::Stopped);
+                }
+                return Err(Box::new(SupervisorError::StartFailed { child: id, reason }));
+            }
+        }
+        if root {
+            let cell = myself.get_cell();
+            tree.update(&path, |r| {
+                r.cell = Some(cell);
+                r.status = NodeStatus::Running;
+                r.generation = 1;
+                r.started_at = Some(Instant::now());
+            });
+            tree.emit(&path, 1, EventKind::Started);
+        }
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.stop_all("supervisor shutting down").await;
+        if state.is_root() {
+            state.tree.update(&state.path, |r| {
+                r.status = NodeStatus::Stopped;
+                r.cell = None;
+            });
+            state.tree.emit(&state.path, 1, EventKind::Stopped);
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMessage::StartChild { args, reply } => {
+                let result = start_dynamic(&myself, state, args).await;
+                let _ = reply.send(result);
+            }
+            SupervisorMessage::TerminateChild { id, reply } => {
+                let result = match state.child_key_by_id(&id) {
+                    None => Err(SupervisorError::NoSuchChild(id)),
+                    Some(key) => {
+                        state
+                            .stop_children(&[key], NodeStatus::Stopped, "terminated on request")
+                            .await;
+                        if matches!(key, ChildKey::Dynamic(_)) {
+                            state.remove_child(key);
+                        }
+                        Ok(())
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            SupervisorMessage::WhichChildren(reply) => {
+                let list = state
+                    .statics
+                    .iter()
+                    .filter(|c| !c.removed)
+                    .map(|c| (false, c))
+                    .chain(state.dyns.values().map(|c| (true, c)))
+                    .map(|(dynamic, c)| ChildInfo {
+                        id: c.id.clone(),
+                        path: c.path.clone(),
+                        dynamic,
+                        status: c.status,
+                        generation: c.generation,
+                        cell: c.cell.clone(),
+                    })
+                    .collect();
+                let _ = reply.send(list);
+            }
+            SupervisorMessage::CountChildren(reply) => {
+                let all = state
+                    .statics
+                    .iter()
+                    .filter(|c| !c.removed)
+                    .chain(state.dyns.values());
+                let mut counts = ChildCounts::default();
+                for c in all {
+                    counts.specs += 1;
+                    if c.status == NodeStatus::Running {
+                        counts.active += 1;
+                    }
+                    match c.spec.kind {
+                        NodeKind::Supervisor => counts.supervisors += 1,
+                        NodeKind::Worker => counts.workers += 1,
+                    }
+                }
+                counts.dynamic = state.dyns.len();
+                let _ = reply.send(counts);
+            }
+            SupervisorMessage::RestartDue(due) => {
+                if state.shutting_down {
+                    return Ok(());
+                }
+                match due {
+                    Due::Child { key, token } => {
+                        if state
+                            .child(key)
+                            .is_some_and(|c| c.token == token && c.status == NodeStatus::BackingOff)
+                        {
+                            state.spawn_start(&myself, key);
+                        }
+                    }
+                    Due::Queue { token } => {
+                        if token == state.queue_token {
+                            state.drive_queue(&myself);
+                        }
+                    }
+                }
+            }
+            SupervisorMessage::StartDone { key, token, result } => {
+                let current =
+                    state.child(key).is_some_and(|c| c.token == token) && !state.shutting_down;
+                if !current {
+                    if let Ok(cell) = result {
+                        // Superseded while starting: this incarnation is nobody's.
+                        state.expected.insert(cell.get_id());
+                        cell.kill();
+                    }
+                    return Ok(());
+                }
+                if let ChildKey::Static(i) = key {
+                    if state.queue_inflight == Some(i) {
+                        state.queue_inflight = None;
+                    }
+                }
+                match result {
+                    Ok(cell) => {
+                        state.on_started(&myself, key, cell);
+                        state.drive_queue(&myself);
+                    }
+                    Err((class, reason)) => {
+                        tracing::warn!(child = %state.child(key).map(|c| c.path.as_str()).unwrap_or("?"), %reason, "restart attempt failed");
+                        state.record_exit(key, class, reason);
+                        state.restart_later(&myself, key, None, true).await?;
+                    }
+                }
+            }
+            SupervisorMessage::WatchdogFired {
+                key,
+                token,
+                busy_for,
+            } => {
+                if let Some(c) = state.child_mut(key) {
+                    if c.token == token {
+                        if let Some(cell) = c.cell.clone() {
+                            let deadline = c.spec.handler_deadline.unwrap_or_default();
+                            c.pending_exit = Some((
+                                ExitClass::Timeout,
+                                format!(
+                                    "handler deadline of {} ms exceeded (busy for {} ms); killed",
+                                    deadline.as_millis(),
+                                    busy_for.as_millis()
+                                ),
+                            ));
+                            cell.kill();
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                let (class, reason) = classify_stop(reason.as_deref());
+                state.on_exit(&myself, cell.get_id(), class, reason).await
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                state
+                    .on_exit(&myself, cell.get_id(), ExitClass::Abnormal, err.to_string())
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+async fn start_dynamic(
+    myself: &ActorRef<SupervisorMessage>,
+    state: &mut SupervisorState,
+    args: DynArgs,
+) -> Result<StartedChild, SupervisorError> {
+    if state.shutting_down {
+        return Err(SupervisorError::ShuttingDown);
+    }
+    let Some(dynamic) = state.dynamic.clone() else {
+        return Err(SupervisorError::NoDynamicSpec);
+    };
+    if state.dyns.len() >= dynamic.max_children {
+        return Err(SupervisorError::MaxChildren(dynamic.max_children));
+    }
+    state.next_dyn += 1;
+    let n = state.next_dyn;
+    let id = format!("{}-{n}", dynamic.template.id);
+    let path = format!("{}/{id}", state.path);
+    let order = DYN_ORDER_BASE + n;
+    let kind = dynamic.template.kind;
+    let restart = dynamic.template.restart;
+    state.dyns.insert(
+        n,
+        Child::new(
+            dynamic.template,
+            Some(args),
+            id.clone(),
+            path.clone(),
+            order,
+        ),
+    );
+    state
+        .tree
+        .insert(&path, NodeRecord::new(kind, restart, order));
+    let key = ChildKey::Dynamic(n);
+    match state.start_inline(myself, key).await {
+        Ok(()) => {
+            state.publish_self();
+            let cell = state
+                .child(key)
+                .and_then(|c| c.cell.clone())
+                .ok_or_else(|| SupervisorError::StartFailed {
+                    child: id.clone(),
+                    reason: "exited during start".into(),
+                })?;
+            Ok(StartedChild { id, path, cell })
+        }
+        Err((_, reason)) => {
+            state.remove_child(key);
+            Err(SupervisorError::StartFailed { child: id, reason })
+        }
+    }
+}
+
+/// Start a dynamic child of `sup` with `args`.
+pub async fn start_child<T: std::any::Any + Send + Sync>(
+    sup: &ActorRef<SupervisorMessage>,
+    args: T,
+) -> Result<StartedChild, SupervisorError> {
+    let args: DynArgs = Arc::new(args);
+    ractor::call!(sup, |reply| SupervisorMessage::StartChild { args, reply })
+        .map_err(|e| SupervisorError::Unreachable(e.to_string()))?
+}
+
+/// Stop one child of `sup` by id.
+pub async fn terminate_child(
+    sup: &ActorRef<SupervisorMessage>,
+    id: &str,
+) -> Result<(), SupervisorError> {
+    let id = id.to_string();
+    ractor::call!(sup, |reply| SupervisorMessage::TerminateChild { id, reply })
+        .map_err(|e| SupervisorError::Unreachable(e.to_string()))?
+}
+
+/// Count the children of `sup`.
+pub async fn count_children(
+    sup: &ActorRef<SupervisorMessage>,
+) -> Result<ChildCounts, SupervisorError> {
+    ractor::call!(sup, SupervisorMessage::CountChildren)
+        .map_err(|e| SupervisorError::Unreachable(e.to_string()))
+}
+
+/// List the children of `sup`.
+pub async fn which_children(
+    sup: &ActorRef<SupervisorMessage>,
+) -> Result<Vec<ChildInfo>, SupervisorError> {
+    ractor::call!(sup, SupervisorMessage::WhichChildren)
+        .map_err(|e| SupervisorError::Unreachable(e.to_string()))
+}

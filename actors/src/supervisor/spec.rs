@@ -1,0 +1,242 @@
+//! Child specifications: what a supervisor starts, how it restarts it, how it stops it.
+//!
+//! The vocabulary is Erlang/OTP's (restart types, shutdown, strategies, intensity) plus what
+//! OTP leaves to the caller: per-child backoff and watchdogs.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use ractor::{Actor, ActorCell, ActorProcessingErr};
+use serde::{Deserialize, Serialize};
+
+use crate::supervisor::backoff::Backoff;
+use crate::supervisor::{Supervisor, SupervisorArgs, SupervisorSpec};
+use crate::tree::{NodeKind, Tree};
+use crate::watchdog::Watchdog;
+
+/// When a child is restarted (OTP restart types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Restart {
+    /// Always restarted.
+    Permanent,
+    /// Restarted only after an abnormal exit (not `normal`, not `shutdown`).
+    Transient,
+    /// Never restarted; its spec is removed when it exits.
+    Temporary,
+}
+
+/// How a child is stopped when its supervisor stops it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Ask it to stop (its `post_stop` runs); kill it if it is not gone within the timeout.
+    Timeout(Duration),
+    /// Kill it at once (`post_stop` does not run).
+    BrutalKill,
+    /// Ask it to stop and wait as long as it takes: for child supervisors, which stop their
+    /// own children within their own timeouts.
+    Infinity,
+}
+
+/// Which siblings are restarted with a failed child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Only the failed child.
+    OneForOne,
+    /// Every static child: the others are stopped in reverse order, then all start in order.
+    OneForAll,
+    /// The failed child and the static children started after it.
+    RestForOne,
+}
+
+/// Restart intensity: more than `max_restarts` restarts within `period` makes the supervisor
+/// give up. OTP's default is 1 restart in 5 seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intensity {
+    pub max_restarts: u32,
+    pub period: Duration,
+}
+
+impl Default for Intensity {
+    fn default() -> Self {
+        Intensity {
+            max_restarts: 1,
+            period: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Arguments of one dynamic child instance, kept to restart it with the same arguments.
+pub type DynArgs = Arc<dyn Any + Send + Sync>;
+
+/// What a start function receives.
+#[derive(Clone)]
+pub struct ChildCtx {
+    /// The supervisor: spawn the child linked to it (`Actor::spawn_linked(.., ctx.supervisor)`).
+    pub supervisor: ActorCell,
+    /// The child's path in the tree (`root/broker/connection`).
+    pub path: String,
+    /// Incarnation number, from 1.
+    pub generation: u64,
+    /// The live tree (child supervisors need it).
+    pub tree: Tree,
+    /// Arm this around handlers when the spec has a handler deadline.
+    pub watchdog: Watchdog,
+    /// A dynamic child's arguments.
+    pub args: Option<DynArgs>,
+}
+
+impl fmt::Debug for ChildCtx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChildCtx")
+            .field("path", &self.path)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+impl ChildCtx {
+    /// A dynamic child's arguments, downcast. `None` for a static child or a wrong type.
+    pub fn args<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.args.clone().and_then(|a| a.downcast::<T>().ok())
+    }
+}
+
+/// Starts one incarnation: spawns the actor linked to `ctx.supervisor` and returns its cell
+/// once its `pre_start` returned. An `Err` is a start failure.
+pub type StartFn = Arc<
+    dyn Fn(ChildCtx) -> BoxFuture<'static, Result<ActorCell, ActorProcessingErr>> + Send + Sync,
+>;
+
+/// One child of a supervisor.
+#[derive(Clone)]
+pub struct ChildSpec {
+    pub id: String,
+    pub kind: NodeKind,
+    pub restart: Restart,
+    pub shutdown: Shutdown,
+    pub backoff: Backoff,
+    /// The start function must return within this time, or the attempt is a `timeout` exit.
+    pub start_timeout: Duration,
+    /// If set, a handler armed through [`Watchdog::busy`] that runs longer is killed and the
+    /// exit recorded as a `timeout`.
+    pub handler_deadline: Option<Duration>,
+    pub start: StartFn,
+}
+
+impl fmt::Debug for ChildSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChildSpec")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("restart", &self.restart)
+            .field("shutdown", &self.shutdown)
+            .field("backoff", &self.backoff)
+            .finish()
+    }
+}
+
+/// Default graceful-stop timeout for workers (OTP's default for workers is 5 s).
+pub const DEFAULT_SHUTDOWN: Duration = Duration::from_secs(5);
+/// Default start timeout.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl ChildSpec {
+    /// A permanent worker with a custom start function.
+    pub fn new<F, Fut>(id: impl Into<String>, start: F) -> Self
+    where
+        F: Fn(ChildCtx) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<ActorCell, ActorProcessingErr>> + Send + 'static,
+    {
+        ChildSpec {
+            id: id.into(),
+            kind: NodeKind::Worker,
+            restart: Restart::Permanent,
+            shutdown: Shutdown::Timeout(DEFAULT_SHUTDOWN),
+            backoff: Backoff::none(),
+            start_timeout: DEFAULT_START_TIMEOUT,
+            handler_deadline: None,
+            start: Arc::new(move |ctx| Box::pin(start(ctx))),
+        }
+    }
+
+    /// A permanent worker: `make(ctx)` builds the actor and its arguments for each incarnation.
+    pub fn worker<A, F>(id: impl Into<String>, make: F) -> Self
+    where
+        A: Actor,
+        F: Fn(&ChildCtx) -> (A, A::Arguments) + Send + Sync + 'static,
+    {
+        let make = Arc::new(make);
+        Self::new(id, move |ctx: ChildCtx| {
+            let make = make.clone();
+            async move {
+                let (actor, args) = make(&ctx);
+                let (r, _) = Actor::spawn_linked(None, actor, args, ctx.supervisor.clone()).await?;
+                Ok(r.get_cell())
+            }
+        })
+    }
+
+    /// A permanent child supervisor; its own children get their paths under this one.
+    pub fn supervisor<F>(id: impl Into<String>, make: F) -> Self
+    where
+        F: Fn(&ChildCtx) -> SupervisorSpec + Send + Sync + 'static,
+    {
+        let make = Arc::new(make);
+        let mut spec = Self::new(id, move |ctx: ChildCtx| {
+            let make = make.clone();
+            async move {
+                let args = SupervisorArgs {
+                    spec: make(&ctx),
+                    tree: ctx.tree.clone(),
+                    path: ctx.path.clone(),
+                };
+                let (r, _) =
+                    Actor::spawn_linked(None, Supervisor, args, ctx.supervisor.clone()).await?;
+                Ok(r.get_cell())
+            }
+        });
+        spec.kind = NodeKind::Supervisor;
+        spec.shutdown = Shutdown::Infinity;
+        spec
+    }
+
+    pub fn restart(mut self, restart: Restart) -> Self {
+        self.restart = restart;
+        self
+    }
+
+    pub fn shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
+
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    pub fn handler_deadline(mut self, deadline: Duration) -> Self {
+        self.handler_deadline = Some(deadline);
+        self
+    }
+}
+
+/// The template of a supervisor's dynamic children: one spec, many instances, each started
+/// with its own [`DynArgs`].
+#[derive(Clone, Debug)]
+pub struct DynamicSpec {
+    /// `id` is the prefix of instance ids (`worker-1`, `worker-2`, …).
+    pub template: ChildSpec,
+    /// More concurrent instances are refused with [`SupervisorError::MaxChildren`](crate::supervisor::SupervisorError::MaxChildren).
+    pub max_children: usize,
+}
