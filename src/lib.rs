@@ -1,1 +1,143 @@
-//! drover
+//! # drover
+//!
+//! A self-healing message delivery service, built as an Erlang/OTP-style supervision tree on
+//! `ractor`. This crate holds what runs before the tree starts and after it stops: config
+//! loading ([`config`]), logging ([`telemetry`]), the HTTP status endpoint ([`http`]),
+//! and [`run`], which the thin binary calls and tests call in-process.
+//! Everything inside the tree lives in the `drover-actors` crate.
+
+pub mod config;
+pub mod exit;
+pub mod http;
+pub mod telemetry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use drover_actors::demo::demo_spec;
+use drover_actors::supervisor::{
+    ChildSpec, Strategy, Supervisor, SupervisorArgs, SupervisorMessage, SupervisorSpec,
+};
+use drover_actors::tree::Tree;
+use ractor::{Actor, ActorRef};
+use tokio::task::JoinHandle;
+
+pub use config::Config;
+pub use exit::RunError;
+
+/// The path of the root supervisor.
+pub const ROOT: &str = "root";
+
+/// The root supervisor's spec. One for one: its children are independent subtrees.
+pub fn root_spec(config: &Config) -> SupervisorSpec {
+    let sup = &config.supervision;
+    let mut spec = SupervisorSpec::new(Strategy::OneForOne, sup.intensity()).seed(sup.seed);
+    if config.demo.enabled {
+        let (demo, supervision) = (config.demo.clone(), sup.clone());
+        spec = spec.child(
+            ChildSpec::supervisor("demo", move |_| demo_spec(&demo, &supervision))
+                .backoff(sup.backoff),
+        );
+    }
+    spec
+}
+
+/// A running drover: the tree and the HTTP endpoint.
+#[derive(Debug)]
+pub struct App {
+    /// Where the HTTP endpoint listens (useful with port 0).
+    pub addr: SocketAddr,
+    pub tree: Tree,
+    pub root: ActorRef<SupervisorMessage>,
+    root_done: JoinHandle<()>,
+    http_stop: tokio::sync::oneshot::Sender<()>,
+    http_task: JoinHandle<std::io::Result<()>>,
+}
+
+/// Start the tree and the HTTP endpoint; return once both are up.
+pub async fn start(config: Config) -> Result<App, RunError> {
+    let tree = Tree::new();
+    let (root, root_done) = Actor::spawn(
+        None,
+        Supervisor,
+        SupervisorArgs {
+            spec: root_spec(&config),
+            tree: tree.clone(),
+            path: ROOT.into(),
+        },
+    )
+    .await
+    .map_err(|e| RunError::Boot(e.to_string()))?;
+
+    let listener = match tokio::net::TcpListener::bind(config.http.addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            root.stop_and_wait(Some("shutdown".into()), None).await.ok();
+            return Err(RunError::Bind(config.http.addr, e));
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map_err(|e| RunError::Bind(config.http.addr, e))?;
+    let router = http::router(tree.clone(), config.admin.clone());
+    let (http_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_task = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    tracing::info!(%addr, "drover is up; GET /status shows the tree");
+    Ok(App {
+        addr,
+        tree,
+        root,
+        root_done,
+        http_stop,
+        http_task,
+    })
+}
+
+impl App {
+    /// Wait until `shutdown` resolves (then stop gracefully) or the root supervisor exits on
+    /// its own (then report why).
+    pub async fn serve_until(self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+        let App {
+            tree,
+            root,
+            mut root_done,
+            http_stop,
+            http_task,
+            ..
+        } = self;
+        let result = tokio::select! {
+            _ = shutdown => {
+                tracing::info!("shutdown requested: stopping the tree in reverse start order");
+                root.stop_and_wait(Some("shutdown".into()), None).await.ok();
+                let _ = (&mut root_done).await;
+                Ok(())
+            }
+            _ = &mut root_done => Err(match tree.gave_up() {
+                Some(reason) => RunError::RootGaveUp(reason),
+                None => RunError::RootExited,
+            }),
+        };
+        let _ = http_stop.send(());
+        let _ = http_task.await;
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "drover stops");
+        }
+        result
+    }
+
+    /// Stop gracefully now.
+    pub async fn shutdown(self) -> Result<(), RunError> {
+        self.serve_until(async {}).await
+    }
+}
+
+/// Run drover until `shutdown` resolves. Errors map to exit codes ([`RunError::exit_code`]).
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    start(config).await?.serve_until(shutdown).await
+}

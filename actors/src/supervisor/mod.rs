@@ -24,6 +24,7 @@
 //! report or an exit from an incarnation that is no longer current is ignored.
 
 pub mod backoff;
+pub mod config;
 pub mod spec;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -515,8 +516,9 @@ impl SupervisorState {
                 self.tree.purge_below(&c.path);
             }
         }
-        for n in std::mem::take(&mut self.dyns).into_keys() {
-            self.tree.remove(&format!("{}/{}", self.path, n));
+        for c in std::mem::take(&mut self.dyns).into_values() {
+            // A dynamic child's path is `<sup>/<template id>-<n>`, not `<sup>/<n>`.
+            self.tree.remove(&c.path);
         }
         self.publish_self();
     }

@@ -1,0 +1,122 @@
+//! Layered configuration: the embedded `config/default.toml` < an optional file < environment
+//! variables `DROVER_<SECTION>__<KEY>`. Each section's type lives beside what it configures;
+//! this module only composes them.
+
+use std::path::Path;
+
+use drover_actors::demo::DemoConfig;
+use drover_actors::supervisor::config::SupervisionConfig;
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::http::{AdminConfig, HttpConfig};
+use crate::telemetry::LogConfig;
+
+/// The embedded defaults: every key, documented.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Environment variable naming an optional config file (same as `--config`).
+pub const CONFIG_FILE_ENV: &str = "DROVER_CONFIG_FILE";
+
+/// Errors of the configuration layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("config file {0} does not exist")]
+    MissingFile(String),
+}
+
+/// drover's whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub supervision: SupervisionConfig,
+    pub demo: DemoConfig,
+}
+
+impl Default for Config {
+    /// The embedded defaults alone (no file, no environment).
+    fn default() -> Self {
+        Figment::from(Toml::string(DEFAULT_TOML))
+            .extract()
+            .expect("config/default.toml is valid (checked by tests)")
+    }
+}
+
+impl Config {
+    /// Defaults < `file` (if given) < `DROVER_<SECTION>__<KEY>` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError::MissingFile(f.display().to_string()));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        fig.merge(env_provider())
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        if !shown.admin.token.is_empty() {
+            shown.admin.token = "<redacted>".into();
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// `DROVER_SECTION__KEY` variables only: a double underscore separates section and key, so
+/// unrelated `DROVER_*` variables (`DROVER_CONFIG_FILE`, test settings) are not config keys.
+fn env_provider() -> Env {
+    Env::prefixed("DROVER_")
+        .filter(|k| k.as_str().contains("__"))
+        .split("__")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_parse() {
+        let c = Config::default();
+        assert_eq!(c.http.addr.to_string(), "127.0.0.1:8080");
+        assert!(!c.admin.allow_destructive_actions);
+        assert_eq!(c.supervision.backoff.multiplier, 3.0);
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature
+    fn env_overrides_file_and_defaults_and_unknown_keys_are_rejected() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "drover.toml",
+                "[http]\naddr = \"127.0.0.1:7000\"\n[admin]\ntoken = \"file\"\n",
+            )?;
+            jail.set_env("DROVER_HTTP__ADDR", "127.0.0.1:9000");
+            jail.set_env("DROVER_ADMIN__ALLOW_DESTRUCTIVE_ACTIONS", "true");
+            jail.set_env("DROVER_SUPERVISION__BACKOFF__MIN_MS", "7");
+            jail.set_env("DROVER_TEST_DATABASE_URL", "ignored: no double underscore");
+            let c = Config::load(Some(Path::new("drover.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.http.addr.to_string(), "127.0.0.1:9000");
+            assert_eq!(c.admin.token, "file");
+            assert!(c.admin.allow_destructive_actions);
+            assert_eq!(c.supervision.backoff.min_ms, 7);
+            assert!(!c.redacted_toml().contains("\"file\""));
+            assert!(c.redacted_toml().contains("<redacted>"));
+
+            jail.set_env("DROVER_HTTP__BOGUS", "1");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("bogus"), "{err}");
+            Ok(())
+        });
+    }
+}
