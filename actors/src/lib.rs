@@ -11,7 +11,12 @@
 //!     └── pool   (Supervisor, one_for_one, dynamic workers)
 //! ```
 
+pub mod broker;
+pub mod clock;
 pub mod demo;
+pub mod message;
+pub mod provider;
+pub mod store;
 pub mod supervisor;
 pub mod tree;
 pub mod watchdog;
