@@ -262,6 +262,12 @@ pub struct SupervisorState {
     /// Incarnations found already dead when they were to be stopped: their late exit events
     /// are stale (`StaleIgnored`).
     retired: HashMap<ActorId, (String, u64)>,
+    /// Exits of actors not (yet) in `by_id`, kept while a spawned start is in flight: an
+    /// incarnation can die before its `StartDone` is handled (ractor delivers supervision
+    /// events before messages), and that exit must not be lost.
+    early_exits: HashMap<ActorId, (ExitClass, String)>,
+    /// Spawned starts whose `StartDone` has not been handled yet.
+    starts_in_flight: usize,
     window: std::collections::VecDeque<Instant>,
     queue: BTreeSet<usize>,
     queue_inflight: Option<usize>,
@@ -591,6 +597,7 @@ impl SupervisorState {
         };
         let token = self.child(key).map(|c| c.token).unwrap_or_default();
         let me = myself.clone();
+        self.starts_in_flight += 1;
         tokio::spawn(async move {
             let result = run_start(start, timeout, ctx).await;
             if let Err(ractor::MessagingErr::SendErr(SupervisorMessage::StartDone {
@@ -793,6 +800,9 @@ impl SupervisorState {
             if let Some((path, generation)) = self.retired.remove(&id) {
                 tracing::debug!(%path, generation, "ignoring exit of a retired incarnation");
                 self.tree.emit(&path, generation, EventKind::StaleIgnored);
+            } else if self.starts_in_flight > 0 {
+                // Maybe an incarnation whose StartDone is still in our mailbox.
+                self.early_exits.insert(id, (class, reason));
             }
             return Ok(());
         };
@@ -931,6 +941,8 @@ impl Actor for Supervisor {
             by_id: HashMap::new(),
             expected: HashSet::new(),
             retired: HashMap::new(),
+            early_exits: HashMap::new(),
+            starts_in_flight: 0,
             window: Default::default(),
             queue: BTreeSet::new(),
             queue_inflight: None,
@@ -1075,12 +1087,22 @@ impl Actor for Supervisor {
                 }
             }
             SupervisorMessage::StartDone { key, token, result } => {
+                state.starts_in_flight = state.starts_in_flight.saturating_sub(1);
+                let early = match &result {
+                    Ok(cell) => state.early_exits.remove(&cell.get_id()),
+                    Err(_) => None,
+                };
+                if state.starts_in_flight == 0 {
+                    state.early_exits.clear();
+                }
                 let current =
                     state.child(key).is_some_and(|c| c.token == token) && !state.shutting_down;
                 if !current {
                     if let Ok(cell) = result {
                         // Superseded while starting: this incarnation is nobody's.
-                        state.expected.insert(cell.get_id());
+                        if early.is_none() {
+                            state.expected.insert(cell.get_id());
+                        }
                         cell.kill();
                     }
                     return Ok(());
@@ -1092,7 +1114,12 @@ impl Actor for Supervisor {
                 }
                 match result {
                     Ok(cell) => {
+                        let id = cell.get_id();
                         state.on_started(&myself, key, cell);
+                        if let Some((class, reason)) = early {
+                            // It died before this report was handled: its exit counts now.
+                            state.on_exit(&myself, id, class, reason).await?;
+                        }
                         state.drive_queue(&myself);
                     }
                     Err((class, reason)) => {
