@@ -4,7 +4,12 @@
 
 use std::path::Path;
 
+use drover_actors::broker::BrokerConfig;
 use drover_actors::demo::DemoConfig;
+use drover_actors::message::MessageConfig;
+use drover_actors::pipeline::{DeliveryConfig, PipelineConfig, SchedulerConfig};
+use drover_actors::provider::ProviderConfig;
+use drover_actors::store::StoreConfig;
 use drover_actors::supervisor::config::SupervisionConfig;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
@@ -35,8 +40,35 @@ pub struct Config {
     pub http: HttpConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    pub startup: StartupConfig,
+    pub pipeline: PipelineSwitch,
     pub supervision: SupervisionConfig,
+    pub broker: BrokerConfig,
+    pub store: StoreConfig,
+    pub provider: ProviderConfig,
+    pub message: MessageConfig,
+    pub delivery: DeliveryConfig,
+    pub scheduler: SchedulerConfig,
     pub demo: DemoConfig,
+}
+
+/// `[pipeline]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSwitch {
+    /// Run the delivery pipeline (store, provider, broker subtree, scheduler) under the root.
+    pub enabled: bool,
+}
+
+/// `[startup]`: the system check before the tree starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartupConfig {
+    /// Check the database, the broker and the provider before starting; exit with code 3
+    /// if one is unreachable.
+    pub check: bool,
+    /// The whole check must finish within this time.
+    pub deadline_ms: u64,
 }
 
 impl Default for Config {
@@ -49,6 +81,19 @@ impl Default for Config {
 }
 
 impl Config {
+    /// What the pipeline's actors are configured with.
+    pub fn pipeline(&self) -> PipelineConfig {
+        PipelineConfig {
+            supervision: self.supervision.clone(),
+            broker: self.broker.clone(),
+            store: self.store.clone(),
+            provider: self.provider.clone(),
+            message: self.message.clone(),
+            delivery: self.delivery.clone(),
+            scheduler: self.scheduler.clone(),
+        }
+    }
+
     /// Defaults < `file` (if given) < `DROVER_<SECTION>__<KEY>` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
@@ -66,10 +111,34 @@ impl Config {
     /// The effective configuration as TOML, secrets redacted.
     pub fn redacted_toml(&self) -> String {
         let mut shown = self.clone();
-        if !shown.admin.token.is_empty() {
-            shown.admin.token = "<redacted>".into();
+        for secret in [
+            &mut shown.admin.token,
+            &mut shown.provider.twilio.auth_token,
+        ] {
+            if !secret.is_empty() {
+                *secret = "<redacted>".into();
+            }
         }
+        if let Some(t) = shown.provider.webhook.bearer_token.as_mut() {
+            *t = "<redacted>".into();
+        }
+        shown.store.url = redact_url(&shown.store.url);
+        shown.broker.url = redact_url(&shown.broker.url);
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// `scheme://user:password@host` -> `scheme://user:<redacted>@host`.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((creds, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match creds.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+        None => url.to_string(),
     }
 }
 

@@ -5,7 +5,7 @@
 //! | 0 | stopped on SIGTERM/SIGINT after a graceful shutdown |
 //! | 1 | an unexpected error |
 //! | 2 | bad configuration or command line |
-//! | 3 | a dependency was unavailable at start (the tree could not boot, or the listen address could not be bound) |
+//! | 3 | a dependency was unavailable at start: the startup check failed (database, broker or provider unreachable), the tree could not boot, or the listen address could not be bound |
 //! | 4 | the root supervisor gave up (restart intensity exceeded all the way up) |
 
 use std::net::SocketAddr;
@@ -15,6 +15,8 @@ use std::net::SocketAddr;
 pub enum RunError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("{0} unavailable at start: {1}")]
+    Unavailable(&'static str, String),
     #[error("cannot start the supervision tree: {0}")]
     Boot(String),
     #[error("cannot listen on {0}: {1}")]
@@ -35,7 +37,7 @@ impl RunError {
     pub fn exit_code(&self) -> i32 {
         match self {
             RunError::Config(_) => EXIT_CONFIG,
-            RunError::Boot(_) | RunError::Bind(..) => EXIT_UNAVAILABLE,
+            RunError::Unavailable(..) | RunError::Boot(_) | RunError::Bind(..) => EXIT_UNAVAILABLE,
             RunError::RootGaveUp(_) => EXIT_ROOT_GAVE_UP,
             RunError::RootExited => EXIT_ERROR,
         }

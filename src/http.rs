@@ -7,15 +7,21 @@
 //! |---|---|
 //! | `GET /status` | the whole tree as JSON; `?format=text` for a terminal |
 //! | `POST /actors/{path}/kill` | kill the actor at `path` (admin: bearer token + switch) |
+//! | `POST /messages` | accept a message (the contract of `drover_actors::message`): validated, published to the work queue with a confirm; 202 with its id |
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use drover_actors::broker::{Outgoing, Route};
+use drover_actors::message::{Envelope, parse};
+use drover_actors::pipeline::Pipeline;
+use drover_actors::pipeline::broker::publish;
 use drover_actors::tree::{LookupError, NodeSnapshot, Tree, TreeSnapshot};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -51,14 +57,59 @@ impl std::fmt::Debug for AdminConfig {
 struct AppState {
     tree: Tree,
     admin: AdminConfig,
+    pipeline: Option<Pipeline>,
 }
 
-/// The router over a live tree.
-pub fn router(tree: Tree, admin: AdminConfig) -> Router {
+/// The router over a live tree (and its pipeline, for `POST /messages`).
+pub fn router(tree: Tree, admin: AdminConfig, pipeline: Option<Pipeline>) -> Router {
     Router::new()
         .route("/status", get(status))
         .route("/actors/{*rest}", post(actor_action))
-        .with_state(AppState { tree, admin })
+        .route("/messages", post(accept_message))
+        .with_state(AppState {
+            tree,
+            admin,
+            pipeline,
+        })
+}
+
+/// `POST /messages`: validate, publish to the work queue (confirmed), answer 202 with the id.
+/// The published body always carries the id, so a retried POST of the same JSON (with or
+/// without an id) maps to the same message.
+async fn accept_message(State(app): State<AppState>, body: Bytes) -> Response {
+    let Some(p) = app.pipeline else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no delivery pipeline in this process",
+        );
+    };
+    let msg = match parse(&body, &Envelope::default(), &p.config.message) {
+        Ok(m) => m,
+        Err(invalid) => {
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                axum::Json(json!({ "error": invalid.to_string(), "class": invalid.class() })),
+            )
+                .into_response();
+        }
+    };
+    let out = Outgoing {
+        body: msg.to_json(),
+        message_id: Some(msg.id.to_string()),
+        correlation_id: Some(msg.correlation_id.clone()),
+        headers: Default::default(),
+    };
+    match publish(&p, Route::Work, out).await {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "id": msg.id, "correlation_id": msg.correlation_id })),
+        )
+            .into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("not accepted: {e}"),
+        ),
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,6 +13,13 @@ pub mod telemetry;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
+
+use drover_actors::broker::{Broker, MemoryBroker};
+use drover_actors::clock::Clock;
+use drover_actors::pipeline::{Pipeline, pipeline_children};
+use drover_actors::provider::Provider;
+use drover_actors::store::Store;
 
 use drover_actors::demo::demo_spec;
 use drover_actors::supervisor::{
@@ -28,10 +35,16 @@ pub use exit::RunError;
 /// The path of the root supervisor.
 pub const ROOT: &str = "root";
 
-/// The root supervisor's spec. One for one: its children are independent subtrees.
-pub fn root_spec(config: &Config) -> SupervisorSpec {
+/// The root supervisor's spec. One for one: its children are independent subtrees (the
+/// broker subtree holds everything that depends on the connection).
+pub fn root_spec(config: &Config, pipeline: &Pipeline) -> SupervisorSpec {
     let sup = &config.supervision;
     let mut spec = SupervisorSpec::new(Strategy::OneForOne, sup.intensity()).seed(sup.seed);
+    if config.pipeline.enabled {
+        for child in pipeline_children(pipeline) {
+            spec = spec.child(child);
+        }
+    }
     if config.demo.enabled {
         let (demo, supervision) = (config.demo.clone(), sup.clone());
         spec = spec.child(
@@ -48,20 +61,69 @@ pub struct App {
     /// Where the HTTP endpoint listens (useful with port 0).
     pub addr: SocketAddr,
     pub tree: Tree,
+    pub pipeline: Pipeline,
     pub root: ActorRef<SupervisorMessage>,
     root_done: JoinHandle<()>,
     http_stop: tokio::sync::oneshot::Sender<()>,
     http_task: JoinHandle<std::io::Result<()>>,
 }
 
+/// The startup system check: the database, the broker and the provider must answer within
+/// `startup.deadline_ms`, or drover refuses to start (exit code 3) naming which one and why.
+pub async fn preflight(config: &Config, memory: &MemoryBroker) -> Result<(), RunError> {
+    let deadline = Duration::from_millis(config.startup.deadline_ms);
+    let check = async {
+        let store = Store::connect(&config.store)
+            .await
+            .map_err(|e| RunError::Unavailable("database", e.to_string()))?;
+        store
+            .ping()
+            .await
+            .map_err(|e| RunError::Unavailable("database", e.to_string()))?;
+        let broker = Broker::connect(&config.broker, memory)
+            .await
+            .map_err(|e| RunError::Unavailable("broker", e.to_string()))?;
+        let _ = broker.close().await;
+        let provider = Provider::from_config(&config.provider)
+            .map_err(|e| RunError::Unavailable("provider", e.to_string()))?;
+        provider
+            .check()
+            .await
+            .map_err(|e| RunError::Unavailable("provider", e.to_string()))?;
+        Ok(())
+    };
+    match tokio::time::timeout(deadline, check).await {
+        Ok(result) => result,
+        Err(_) => Err(RunError::Unavailable(
+            "dependencies",
+            format!(
+                "the startup check did not finish within {} ms",
+                deadline.as_millis()
+            ),
+        )),
+    }
+}
+
 /// Start the tree and the HTTP endpoint; return once both are up.
 pub async fn start(config: Config) -> Result<App, RunError> {
+    let memory = MemoryBroker::default();
+    if config.startup.check && config.pipeline.enabled {
+        preflight(&config, &memory).await?;
+        tracing::info!("startup check passed: database, broker and provider reachable");
+    }
     let tree = Tree::new();
+    let pipeline = Pipeline {
+        tree: tree.clone(),
+        root: ROOT.into(),
+        config: config.pipeline(),
+        clock: Clock::new(),
+        memory,
+    };
     let (root, root_done) = Actor::spawn(
         None,
         Supervisor,
         SupervisorArgs {
-            spec: root_spec(&config),
+            spec: root_spec(&config, &pipeline),
             tree: tree.clone(),
             path: ROOT.into(),
         },
@@ -79,7 +141,7 @@ pub async fn start(config: Config) -> Result<App, RunError> {
     let addr = listener
         .local_addr()
         .map_err(|e| RunError::Bind(config.http.addr, e))?;
-    let router = http::router(tree.clone(), config.admin.clone());
+    let router = http::router(tree.clone(), config.admin.clone(), Some(pipeline.clone()));
     let (http_stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(async move {
         axum::serve(listener, router)
@@ -92,6 +154,7 @@ pub async fn start(config: Config) -> Result<App, RunError> {
     Ok(App {
         addr,
         tree,
+        pipeline,
         root,
         root_done,
         http_stop,

@@ -20,6 +20,10 @@ fn test_config(token: &str, allow: bool) -> Config {
     // No scheduled crashes: the only failures are the ones a test causes.
     c.demo.crash_every_ms = 0;
     c.demo.job_every_ms = 0;
+    c.demo.enabled = true;
+    // These tests are about the supervision tree and its endpoint, on a paused clock: no
+    // pipeline (its real I/O would let the paused clock race ahead).
+    c.pipeline.enabled = false;
     c
 }
 
@@ -65,7 +69,7 @@ async fn wait_for(
 #[tokio::test(start_paused = true)]
 async fn status_returns_the_live_tree_as_json_and_text() {
     let app = drover::start(test_config("t", true)).await.unwrap();
-    let r = router(app.tree.clone(), test_config("t", true).admin);
+    let r = router(app.tree.clone(), test_config("t", true).admin, None);
     let (code, body) = call(&r, "GET", "/status", None).await;
     assert_eq!(code, StatusCode::OK);
     let root = &body["roots"][0];
@@ -107,7 +111,7 @@ async fn status_returns_the_live_tree_as_json_and_text() {
 #[tokio::test(start_paused = true)]
 async fn kill_requires_token_then_switch_and_knows_paths() {
     let app = drover::start(test_config("s3cret", false)).await.unwrap();
-    let off = router(app.tree.clone(), test_config("s3cret", false).admin);
+    let off = router(app.tree.clone(), test_config("s3cret", false).admin, None);
     let kill = "/actors/root/demo/ticker/kill";
     assert_eq!(
         call(&off, "POST", kill, None).await.0,
@@ -126,13 +130,13 @@ async fn kill_requires_token_then_switch_and_knows_paths() {
             .contains("allow_destructive_actions")
     );
     // An empty configured token refuses everyone, even an empty bearer.
-    let empty = router(app.tree.clone(), test_config("", true).admin);
+    let empty = router(app.tree.clone(), test_config("", true).admin, None);
     assert_eq!(
         call(&empty, "POST", kill, Some("")).await.0,
         StatusCode::UNAUTHORIZED
     );
 
-    let on = router(app.tree.clone(), test_config("s3cret", true).admin);
+    let on = router(app.tree.clone(), test_config("s3cret", true).admin, None);
     let (code, body) = call(&on, "POST", "/actors/root/nope/kill", Some("s3cret")).await;
     assert_eq!(code, StatusCode::NOT_FOUND);
     assert!(body["error"].as_str().unwrap().contains("root/nope"));
@@ -162,7 +166,7 @@ async fn kill_requires_token_then_switch_and_knows_paths() {
 #[tokio::test(start_paused = true)]
 async fn kill_restarts_the_actor_with_restarts_plus_one_and_last_exit_killed() {
     let app = drover::start(test_config("t", true)).await.unwrap();
-    let r = router(app.tree.clone(), test_config("t", true).admin);
+    let r = router(app.tree.clone(), test_config("t", true).admin, None);
     let mut events = app.tree.subscribe();
     let before = app.tree.snapshot().find("root/demo/flaky").unwrap().clone();
 
@@ -252,7 +256,7 @@ async fn root_giving_up_makes_run_fail_with_exit_code_4() {
     let mut c = test_config("t", true);
     c.supervision.max_restarts = 0;
     let app = drover::start(c).await.unwrap();
-    let r = router(app.tree.clone(), test_config("t", true).admin);
+    let r = router(app.tree.clone(), test_config("t", true).admin, None);
     // demo (one restart allowed: none) gives up, root restarts it: more than 0 -> root gives up.
     call(&r, "POST", "/actors/root/demo/ticker/kill", Some("t")).await;
     let err = app.serve_until(std::future::pending()).await.unwrap_err();

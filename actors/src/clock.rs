@@ -33,7 +33,10 @@ impl Clock {
 
     /// Now, in Unix milliseconds.
     pub fn now_ms(&self) -> i64 {
-        self.wall_origin_ms + Instant::now().saturating_duration_since(self.origin).as_millis() as i64
+        self.wall_origin_ms
+            + Instant::now()
+                .saturating_duration_since(self.origin)
+                .as_millis() as i64
     }
 
     /// The tokio instant at which the wall clock reads `at_ms` (now, if that is past).

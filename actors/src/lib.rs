@@ -15,6 +15,7 @@ pub mod broker;
 pub mod clock;
 pub mod demo;
 pub mod message;
+pub mod pipeline;
 pub mod provider;
 pub mod store;
 pub mod supervisor;

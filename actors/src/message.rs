@@ -85,6 +85,8 @@ pub enum Invalid {
     BodyTooLong { len: usize, max: usize },
     #[error("`id` is not a UUID: {0:?}")]
     BadId(String),
+    #[error("body contains a NUL character")]
+    NulInBody,
     #[error("id {0} was already used for a different payload")]
     DuplicateId(Uuid),
 }
@@ -101,6 +103,7 @@ impl Invalid {
             Invalid::BadFrom => "bad_sender",
             Invalid::BodyTooLong { .. } => "body_too_long",
             Invalid::BadId(_) => "bad_id",
+            Invalid::NulInBody => "nul_in_body",
             Invalid::DuplicateId(_) => "duplicate_id",
         }
     }
@@ -119,16 +122,40 @@ struct Wire {
 /// Namespace of ids derived from payloads (UUID v5).
 const PAYLOAD_NAMESPACE: Uuid = Uuid::from_u128(0x6472_6f76_6572_2d6d_7367_2d69_642d_7635);
 
+/// The id an invalid message claims, if it claims a usable one (its body's `id`, else the
+/// AMQP `message_id`), so its invalid record can be found by it.
+pub fn salvage_id(bytes: &[u8], envelope: &Envelope) -> Option<Uuid> {
+    let from_body = serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| {
+            v.get("id")
+                .and_then(|i| i.as_str())
+                .and_then(|s| Uuid::parse_str(s).ok())
+        });
+    from_body.or_else(|| {
+        envelope
+            .message_id
+            .as_deref()
+            .and_then(|m| Uuid::parse_str(m).ok())
+    })
+}
+
 /// `+` then 2 to 15 digits, the first not 0.
 pub fn is_e164(s: &str) -> bool {
-    let Some(digits) = s.strip_prefix('+') else { return false };
+    let Some(digits) = s.strip_prefix('+') else {
+        return false;
+    };
     (2..=15).contains(&digits.len())
         && digits.bytes().all(|b| b.is_ascii_digit())
         && !digits.starts_with('0')
 }
 
 /// Parse and validate one delivery body.
-pub fn parse(bytes: &[u8], envelope: &Envelope, config: &MessageConfig) -> Result<OutboundMessage, Invalid> {
+pub fn parse(
+    bytes: &[u8],
+    envelope: &Envelope,
+    config: &MessageConfig,
+) -> Result<OutboundMessage, Invalid> {
     let text = std::str::from_utf8(bytes).map_err(|e| Invalid::NotUtf8(e.to_string()))?;
     let wire: Wire = serde_json::from_str(text).map_err(|e| Invalid::NotJson(e.to_string()))?;
     let to = wire.to.ok_or(Invalid::Missing("to"))?;
@@ -141,6 +168,9 @@ pub fn parse(bytes: &[u8], envelope: &Envelope, config: &MessageConfig) -> Resul
     let body = wire.body.ok_or(Invalid::Missing("body"))?;
     if body.trim().is_empty() {
         return Err(Invalid::Empty("body"));
+    }
+    if body.contains('\0') {
+        return Err(Invalid::NulInBody);
     }
     let len = body.chars().count();
     if len > config.max_body_chars {
@@ -165,7 +195,12 @@ pub fn parse(bytes: &[u8], envelope: &Envelope, config: &MessageConfig) -> Resul
     let correlation_id = wire
         .correlation_id
         .filter(|c| !c.trim().is_empty())
-        .or_else(|| envelope.correlation_id.clone().filter(|c| !c.trim().is_empty()))
+        .or_else(|| {
+            envelope
+                .correlation_id
+                .clone()
+                .filter(|c| !c.trim().is_empty())
+        })
         .unwrap_or_else(|| id.to_string());
     Ok(OutboundMessage {
         id,
@@ -181,7 +216,11 @@ mod tests {
     use super::*;
 
     fn p(s: &str) -> Result<OutboundMessage, Invalid> {
-        parse(s.as_bytes(), &Envelope::default(), &MessageConfig::default())
+        parse(
+            s.as_bytes(),
+            &Envelope::default(),
+            &MessageConfig::default(),
+        )
     }
 
     #[test]
@@ -198,7 +237,12 @@ mod tests {
             message_id: Some("6a2f41a3-c54c-fce8-32d2-0324e1c32e22".into()),
             correlation_id: Some("corr".into()),
         };
-        let m = parse(br#"{"to":"+4915112345678","body":"x"}"#, &env, &MessageConfig::default()).unwrap();
+        let m = parse(
+            br#"{"to":"+4915112345678","body":"x"}"#,
+            &env,
+            &MessageConfig::default(),
+        )
+        .unwrap();
         assert_eq!(m.id.to_string(), "6a2f41a3-c54c-fce8-32d2-0324e1c32e22");
         assert_eq!(m.correlation_id, "corr");
     }
@@ -227,14 +271,25 @@ mod tests {
             (br#"{"to":"15551234567","body":"x"}"#, "bad_recipient"),
             (br#"{"to":"+0555","body":"x"}"#, "bad_recipient"),
             (br#"{"to":"+1555123456789012","body":"x"}"#, "bad_recipient"),
-            (br#"{"to":"+15551234567","body":"toolong"}"#, "body_too_long"),
+            (
+                br#"{"to":"+15551234567","body":"toolong"}"#,
+                "body_too_long",
+            ),
             (br#"{"to":"+15551234567","body":"x","id":"nope"}"#, "bad_id"),
-            (br#"{"to":"+15551234567","body":"x","from":""}"#, "bad_sender"),
+            (
+                br#"{"to":"+15551234567","body":"x","from":""}"#,
+                "bad_sender",
+            ),
             (br#"{"to":"+15551234567","body":"x","extra":1}"#, "not_json"),
         ];
         for (input, class) in cases {
             let err = parse(input, &Envelope::default(), &cfg).unwrap_err();
-            assert_eq!(err.class(), class, "{:?} -> {err}", String::from_utf8_lossy(input));
+            assert_eq!(
+                err.class(),
+                class,
+                "{:?} -> {err}",
+                String::from_utf8_lossy(input)
+            );
             assert!(!err.to_string().is_empty());
         }
     }
@@ -242,6 +297,13 @@ mod tests {
     #[test]
     fn body_limit_counts_characters_not_bytes() {
         let cfg = MessageConfig { max_body_chars: 3 };
-        assert!(parse(r#"{"to":"+15551234567","body":"äöü"}"#.as_bytes(), &Envelope::default(), &cfg).is_ok());
+        assert!(
+            parse(
+                r#"{"to":"+15551234567","body":"äöü"}"#.as_bytes(),
+                &Envelope::default(),
+                &cfg
+            )
+            .is_ok()
+        );
     }
 }

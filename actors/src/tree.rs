@@ -316,7 +316,9 @@ impl Tree {
     }
 
     pub(crate) fn emit(&self, path: &str, generation: u64, kind: EventKind) {
-        // No receivers is fine: nobody is watching.
+        if self.inner.events.receiver_count() == 0 {
+            return;
+        }
         let _ = self.inner.events.send(TreeEvent {
             at_ms: self.now_ms(),
             path: path.to_string(),

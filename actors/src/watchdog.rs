@@ -21,63 +21,79 @@ struct Shared {
     changed: Notify,
 }
 
-/// Arms a deadline around a handler. Cloning shares the same watchdog. A default watchdog
-/// (no deadline in the spec) is never watched; arming it costs a lock and nothing else.
+/// Arms a deadline around a handler. Cloning shares the same watchdog. A disabled watchdog
+/// (no deadline in the child's spec) is never watched and arming it does nothing.
 #[derive(Debug, Clone, Default)]
 pub struct Watchdog {
-    shared: Arc<Shared>,
+    shared: Option<Arc<Shared>>,
 }
 
 /// While alive, the child counts as busy.
 #[derive(Debug)]
 pub struct BusyGuard {
-    shared: Arc<Shared>,
+    shared: Option<Arc<Shared>>,
 }
 
 impl Drop for BusyGuard {
     fn drop(&mut self) {
-        *self.shared.busy.lock() = None;
-        self.shared.changed.notify_waiters();
+        if let Some(shared) = &self.shared {
+            *shared.busy.lock() = None;
+            shared.changed.notify_waiters();
+        }
     }
 }
 
 impl Watchdog {
+    /// A watchdog that can be watched.
     pub fn new() -> Self {
-        Self::default()
+        Watchdog {
+            shared: Some(Arc::default()),
+        }
+    }
+
+    /// A watchdog nobody watches (the child has no handler deadline).
+    pub fn disabled() -> Self {
+        Watchdog { shared: None }
     }
 
     /// Mark the start of a handler; the returned guard marks its end when dropped.
     pub fn busy(&self) -> BusyGuard {
-        let n = {
-            let mut s = self.shared.seq.lock();
-            *s += 1;
-            *s
-        };
-        *self.shared.busy.lock() = Some((n, Instant::now()));
-        self.shared.changed.notify_one();
+        if let Some(shared) = &self.shared {
+            let n = {
+                let mut s = shared.seq.lock();
+                *s += 1;
+                *s
+            };
+            *shared.busy.lock() = Some((n, Instant::now()));
+            shared.changed.notify_one();
+        }
         BusyGuard {
             shared: self.shared.clone(),
         }
     }
 
     /// Resolves when one busy period has lasted longer than `deadline`; returns how long it
-    /// had lasted. Runs until then (the supervisor aborts it when the incarnation exits).
+    /// had lasted. Runs until then (the supervisor aborts it when the incarnation exits). A
+    /// disabled watchdog never resolves.
     pub(crate) async fn overrun(&self, deadline: Duration) -> Duration {
+        let Some(shared) = &self.shared else {
+            return std::future::pending().await;
+        };
         loop {
-            let current = *self.shared.busy.lock();
+            let current = *shared.busy.lock();
             match current {
                 None => {
-                    let notified = self.shared.changed.notified();
+                    let notified = shared.changed.notified();
                     tokio::pin!(notified);
                     notified.as_mut().enable();
-                    if self.shared.busy.lock().is_some() {
+                    if shared.busy.lock().is_some() {
                         continue;
                     }
                     notified.await;
                 }
                 Some((n, since)) => {
                     tokio::time::sleep_until(since + deadline).await;
-                    if let Some((m, s)) = *self.shared.busy.lock() {
+                    if let Some((m, s)) = *shared.busy.lock() {
                         if m == n {
                             return Instant::now().saturating_duration_since(s);
                         }

@@ -1,1 +1,411 @@
-//! (being written)
+//! The message ledger: every message drover takes, and every attempt to send it, in SQL
+//! (PostgreSQL, or SQLite for a single instance).
+//!
+//! # States
+//!
+//! ```text
+//!                begin_attempt                      record_outcome
+//!  (new) ───────────────────────▶ sending ──┬── Sent ─────────────────────▶ sent
+//!                                  ▲   ▲    ├── Failed ───────────────────▶ failed
+//!                     begin_attempt│   │    └── Retry, Ambiguous, Deferred ─▶ retry_scheduled
+//!                                  │   └── begin_attempt again (the worker died: interrupted)
+//!                                queued ◀── claim_due ── retry_scheduled ◀── retry() ── failed
+//!
+//!  record_invalid ─▶ invalid
+//! ```
+//!
+//! * A worker calls [`Store::begin_attempt`] for each delivery; the [`Admission`] says
+//!   whether to send (and which attempt it is) or why not.
+//! * It reports how the attempt ended with [`Store::record_outcome`].
+//! * A scheduler calls [`Store::claim_due`] for retries that are due, republishes them, and
+//!   [`Store::release_claims`] once the broker confirmed. Claims are leases, so when a
+//!   scheduler dies between the two another one (on any instance) takes the rows over once
+//!   the lease lapses. [`Store::next_due_at`] says when to look next.
+//!
+//! Every single-message operation runs in one transaction; the batch variants
+//! ([`Store::begin_attempts`], [`Store::record_outcomes`]) do the same for many messages in
+//! one transaction (group commit), with the same result as the single calls in order.
+//!
+//! Times are Unix milliseconds passed in by the caller (from [`crate::clock::Clock`]); the
+//! store never reads a clock, so tests with a paused tokio clock stay deterministic.
+//!
+//! Ids are stored as canonical UUID text in both backends. Migrations (under
+//! `actors/migrations/`) are embedded in the binary and applied by [`Store::connect`].
+
+mod config;
+mod db;
+mod error;
+mod migrations;
+mod ops;
+mod types;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use sqlx::AssertSqlSafe;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use uuid::Uuid;
+
+pub use config::StoreConfig;
+pub use error::StoreError;
+pub use types::{
+    Admission, AttemptOutcome, AttemptRecord, MessageRecord, MessageStatus, OutcomeKind,
+};
+
+use crate::message::OutboundMessage;
+use db::{Mode, Pool};
+
+/// A handle on the ledger: a connection pool to PostgreSQL or SQLite. Cheap to clone (clones
+/// share the pool).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: Pool,
+    /// A `sending` row younger than this is in flight elsewhere (0: every `sending` row is
+    /// an interrupted attempt).
+    sending_lease_ms: i64,
+}
+
+impl Store {
+    /// Treat a message found `sending` for less than `lease_ms` as being sent by another
+    /// worker right now ([`Admission::InFlight`]) rather than as an interrupted attempt: the
+    /// lease must exceed the longest attempt (provider timeout plus database round trips).
+    pub fn with_sending_lease(mut self, lease_ms: i64) -> Self {
+        self.sending_lease_ms = lease_ms.max(0);
+        self
+    }
+
+    /// Open a pool for `config.url` and apply the embedded migrations (a no-op when they
+    /// already are; concurrent instances are serialized by sqlx's migration lock).
+    ///
+    /// On PostgreSQL with [`StoreConfig::schema`] set, the schema is created if absent and put
+    /// on every connection's `search_path`. SQLite runs in WAL mode with the acquire timeout as
+    /// busy timeout.
+    ///
+    /// Fails with [`StoreError::Unavailable`] if no connection could be opened within
+    /// `acquire_timeout_ms`.
+    pub async fn connect(config: &StoreConfig) -> Result<Store, StoreError> {
+        if config.max_connections == 0 {
+            return Err(StoreError::Config(
+                "max_connections must be at least 1".to_owned(),
+            ));
+        }
+        let timeout = Duration::from_millis(config.acquire_timeout_ms);
+        let url = config.url.trim();
+        let pool = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            connect_postgres(url, config, timeout).await?
+        } else if url.starts_with("sqlite:") {
+            if config.schema.is_some() {
+                return Err(StoreError::Config(
+                    "`schema` applies to PostgreSQL only".to_owned(),
+                ));
+            }
+            connect_sqlite(url, config, timeout).await?
+        } else {
+            let scheme = url.split(':').next().unwrap_or_default();
+            return Err(StoreError::Config(format!(
+                "unsupported database URL scheme {scheme:?}: expected postgres:// or sqlite:"
+            )));
+        };
+        let store = Store {
+            pool,
+            sending_lease_ms: 0,
+        };
+        tracing::info!(
+            backend = store.backend(),
+            "store connected, migrations applied"
+        );
+        Ok(store)
+    }
+
+    /// `"postgres"` or `"sqlite"`.
+    pub fn backend(&self) -> &'static str {
+        match self.pool {
+            Pool::Pg(_) => "postgres",
+            Pool::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// One round trip to the database (health checks).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        Ok(self.pool.ping().await?)
+    }
+
+    /// Close the pool's connections. Clones share the pool, so all of them stop working.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Admit a delivered message for an attempt (see [`Admission`]):
+    ///
+    /// | stored row | effect | result |
+    /// | --- | --- | --- |
+    /// | none | insert, `sending`, attempts 1 | `Proceed { attempt: 1, interrupted: false }` |
+    /// | `invalid` (any payload) | none | `AlreadyInvalid` |
+    /// | other recipient, body or sender | none | `Conflict` |
+    /// | `queued` | `sending`, attempts + 1 | `Proceed { interrupted: false }` |
+    /// | `sending` | previous attempt marked ambiguous (`interrupted`), attempts + 1 | `Proceed { interrupted: true }` |
+    /// | `retry_scheduled` | none | `NotDue` |
+    /// | `sent` | none | `AlreadySent` |
+    /// | `failed` | none | `AlreadyFailed` |
+    ///
+    /// Admitting opens a new attempt row. On PostgreSQL the row is locked for the decision,
+    /// so concurrent admissions of one id are serialized.
+    pub async fn begin_attempt(
+        &self,
+        msg: &OutboundMessage,
+        now_ms: i64,
+    ) -> Result<Admission, StoreError> {
+        let mut tx = self.pool.begin(Mode::Write).await?;
+        let admission = ops::begin_one(&mut tx, msg, now_ms, self.sending_lease_ms).await?;
+        tx.commit().await?;
+        Ok(admission)
+    }
+
+    /// [`Store::begin_attempt`] for each message, in one transaction; the admissions are in
+    /// the order of `msgs` and equal to those of single calls in that order (a repeated id
+    /// sees the effect of its earlier occurrence). Rows are locked in id order so that
+    /// concurrent batches cannot deadlock.
+    pub async fn begin_attempts(
+        &self,
+        msgs: &[OutboundMessage],
+        now_ms: i64,
+    ) -> Result<Vec<Admission>, StoreError> {
+        if msgs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin(Mode::Write).await?;
+        let mut results = Vec::with_capacity(msgs.len());
+        for i in lock_order(msgs, |m| m.id) {
+            results.push((
+                i,
+                ops::begin_one(&mut tx, &msgs[i], now_ms, self.sending_lease_ms).await?,
+            ));
+        }
+        tx.commit().await?;
+        Ok(in_input_order(results))
+    }
+
+    /// Record how attempt `attempt` of message `id` ended (see [`AttemptOutcome`] for each
+    /// outcome's effect), closing its attempt row.
+    ///
+    /// Applies only while the message is `sending` with `attempt` attempts, i.e. this is still
+    /// the current attempt. Otherwise (unknown id, an attempt that was superseded because the
+    /// worker was presumed dead, an outcome recorded twice) nothing changes, a warning is
+    /// logged, and the result is still `Ok(())`: the report is stale and there is nothing the
+    /// caller could do about it. [`Store::get`] shows what happened.
+    pub async fn record_outcome(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        outcome: &AttemptOutcome,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin(Mode::Write).await?;
+        ops::record_one(&mut tx, id, attempt, outcome, now_ms).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::record_outcome`] for each `(id, attempt, outcome)`, in one transaction, with
+    /// the same effect as single calls in order.
+    pub async fn record_outcomes(
+        &self,
+        outcomes: &[(Uuid, u32, AttemptOutcome)],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin(Mode::Write).await?;
+        for i in lock_order(outcomes, |o| o.0) {
+            let (id, attempt, outcome) = &outcomes[i];
+            ops::record_one(&mut tx, *id, *attempt, outcome, now_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Record a payload that is not a valid message: a row with status `invalid`, the raw
+    /// payload (lossy UTF-8, NUL characters replaced) as body, an empty recipient, and
+    /// `reason` as last error (class `invalid`). Returns the row's id:
+    ///
+    /// * `id` given and unused: that id.
+    /// * `id` given and already an invalid row with the same raw payload (a redelivery):
+    ///   that id, unchanged.
+    /// * `id` given but used by another message: that row is left alone and the invalid one
+    ///   is stored under a fresh UUID.
+    /// * no `id`: a fresh UUID.
+    ///
+    /// The correlation id defaults to the given id, else the row's id.
+    pub async fn record_invalid(
+        &self,
+        id: Option<Uuid>,
+        correlation_id: Option<&str>,
+        raw: &[u8],
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<Uuid, StoreError> {
+        let mut tx = self.pool.begin(Mode::Write).await?;
+        let stored = ops::record_invalid(&mut tx, id, correlation_id, raw, reason, now_ms).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    /// Claim up to `limit` messages whose turn has come, for republishing: `retry_scheduled`
+    /// ones with `next_attempt_at <= now_ms`, and `queued` ones whose claim lapsed
+    /// (`claimed_until <= now_ms`: the scheduler that claimed them died before
+    /// [`Store::release_claims`]). They become `queued` with `claimed_until = now_ms +
+    /// lease_ms`. Returns each message with the attempts it has spent so far, earliest due
+    /// first (nothing if `limit <= 0`).
+    ///
+    /// Safe for several schedulers on one database: on PostgreSQL rows are picked with
+    /// `FOR UPDATE SKIP LOCKED` (and re-checked after locking), so no row is handed to two
+    /// claimers; SQLite serializes writers.
+    pub async fn claim_due(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<(OutboundMessage, u32)>, StoreError> {
+        if limit <= 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin(Mode::Write).await?;
+        let claimed = ops::claim_due(&mut tx, now_ms, lease_ms, limit).await?;
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    /// Drop the claims on `ids` (`claimed_until = NULL`) once their republishing is
+    /// confirmed: the work queue holds them now, so no scheduler should take them over.
+    /// Ids that are not `queued` any more (a worker already admitted them) are skipped.
+    pub async fn release_claims(&self, ids: &[Uuid]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin(Mode::Write).await?;
+        for i in lock_order(ids, |id| *id) {
+            ops::release_claim(&mut tx, ids[i]).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// When [`Store::claim_due`] will next find something: the earliest `next_attempt_at` of
+    /// `retry_scheduled` messages or `claimed_until` of claimed `queued` ones (possibly in the
+    /// past). `None`: nothing is waiting.
+    pub async fn next_due_at(&self) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.pool.begin(Mode::Read).await?;
+        let due = ops::next_due_at(&mut tx).await?;
+        tx.commit().await?;
+        Ok(due)
+    }
+
+    /// Put a `failed` message back into play: `retry_scheduled`, due `now_ms`, attempts reset
+    /// to 0 (a fresh retry budget). Returns the message, or `None` if there is no such message
+    /// or it is not `failed`.
+    pub async fn retry(
+        &self,
+        id: Uuid,
+        now_ms: i64,
+    ) -> Result<Option<OutboundMessage>, StoreError> {
+        let mut tx = self.pool.begin(Mode::Write).await?;
+        let msg = ops::retry(&mut tx, id, now_ms).await?;
+        tx.commit().await?;
+        Ok(msg)
+    }
+
+    /// A message with its attempt history, if it exists.
+    pub async fn get(&self, id: Uuid) -> Result<Option<MessageRecord>, StoreError> {
+        let mut tx = self.pool.begin(Mode::Read).await?;
+        let record = ops::get(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    /// How many messages are in each status; every status is present (0 if none).
+    pub async fn counts_by_status(&self) -> Result<BTreeMap<String, i64>, StoreError> {
+        let mut tx = self.pool.begin(Mode::Read).await?;
+        let counts = ops::counts_by_status(&mut tx).await?;
+        tx.commit().await?;
+        Ok(counts)
+    }
+}
+
+async fn connect_postgres(
+    url: &str,
+    config: &StoreConfig,
+    timeout: Duration,
+) -> Result<Pool, StoreError> {
+    let mut options: PgConnectOptions = url.parse()?;
+    if let Some(schema) = &config.schema {
+        if !config::is_plain_identifier(schema) {
+            return Err(StoreError::Config(format!(
+                "schema {schema:?} is not a plain lowercase identifier ([a-z_][a-z0-9_]*, at most 63 bytes)"
+            )));
+        }
+        options = options.options([("search_path", schema.as_str())]);
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(timeout)
+        .connect_with(options)
+        .await?;
+    if let Some(schema) = &config.schema {
+        // `schema` is a plain identifier (checked above), so splicing it in is safe.
+        let create = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
+        match sqlx::raw_sql(AssertSqlSafe(create)).execute(&pool).await {
+            Ok(_) => {}
+            // Another instance created it at the same moment.
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("23505" | "42P06")) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    migrations::postgres().run(&pool).await?;
+    Ok(Pool::Pg(pool))
+}
+
+async fn connect_sqlite(
+    url: &str,
+    config: &StoreConfig,
+    timeout: Duration,
+) -> Result<Pool, StoreError> {
+    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    let mut options: SqliteConnectOptions = url.parse()?;
+    options = options.busy_timeout(timeout).foreign_keys(true);
+    if !in_memory {
+        options = options
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal);
+    }
+    let mut pool_options = SqlitePoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(timeout);
+    if in_memory {
+        // An in-memory database lives only as long as one of its connections: keep one.
+        pool_options = pool_options
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None);
+    }
+    let pool = pool_options.connect_with(options).await?;
+    migrations::sqlite().run(&pool).await?;
+    Ok(Pool::Sqlite(pool))
+}
+
+/// Indices of `items` sorted by `key`, stably: the order in which a batch touches rows.
+/// A consistent lock order keeps concurrent batches from deadlocking; stability keeps
+/// repeated ids in input order, so a batch behaves like the single calls in order.
+fn lock_order<T>(items: &[T], key: impl Fn(&T) -> Uuid) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| key(&items[i]));
+    order
+}
+
+/// Results keyed by input index, back in input order.
+fn in_input_order<T>(mut results: Vec<(usize, T)>) -> Vec<T> {
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
+}

@@ -238,7 +238,7 @@ impl Child {
             started_at: None,
             next_restart_at: None,
             watcher: None,
-            watchdog: Watchdog::new(),
+            watchdog: Watchdog::disabled(),
             pending_exit: None,
             removed: false,
         }
@@ -376,7 +376,11 @@ impl SupervisorState {
         c.token += 1;
         c.status = NodeStatus::Starting;
         c.next_restart_at = None;
-        let watchdog = Watchdog::new();
+        let watchdog = if c.spec.handler_deadline.is_some() {
+            Watchdog::new()
+        } else {
+            Watchdog::disabled()
+        };
         c.watchdog = watchdog.clone();
         let ctx = ChildCtx {
             supervisor: myself.clone(),
@@ -529,6 +533,14 @@ impl SupervisorState {
         self.publish_self();
     }
 
+    fn child_kind(&self, key: ChildKey) -> Option<NodeKind> {
+        match key {
+            ChildKey::Static(i) => self.statics.get(i).map(|c| c.spec.kind),
+            // Already removed from `dyns` by the time this is asked: the template's kind.
+            ChildKey::Dynamic(_) => self.dynamic.as_ref().map(|d| d.template.kind),
+        }
+    }
+
     /// Remove a child's spec (temporary children, finished dynamic children).
     fn remove_child(&mut self, key: ChildKey) {
         let path = match key {
@@ -542,7 +554,9 @@ impl SupervisorState {
                 None => return,
             },
         };
-        self.tree.purge_below(&path);
+        if self.child_kind(key) != Some(NodeKind::Worker) {
+            self.tree.purge_below(&path);
+        }
         self.tree.remove(&path);
         self.publish_self();
     }
@@ -830,7 +844,15 @@ impl SupervisorState {
         } else {
             tracing::debug!(child = %path, generation, ?class, %reason, restart, "child exited");
         }
-        self.record_exit(key, class, reason);
+        let removing =
+            !restart && (restart_type == Restart::Temporary || matches!(key, ChildKey::Dynamic(_)));
+        if removing {
+            // Its record goes away at once: only the event stream hears of this exit.
+            self.tree
+                .emit(&path, generation, EventKind::Exited { class, reason });
+        } else {
+            self.record_exit(key, class, reason);
+        }
         if kind == NodeKind::Supervisor {
             // Its subtree died with it; the next incarnation writes its own.
             self.tree.purge_below(&path);
@@ -838,7 +860,7 @@ impl SupervisorState {
         if restart {
             return self.restart_later(myself, key, uptime, false).await;
         }
-        if restart_type == Restart::Temporary || matches!(key, ChildKey::Dynamic(_)) {
+        if removing {
             self.remove_child(key);
         } else {
             self.set_status(key, NodeStatus::Stopped);

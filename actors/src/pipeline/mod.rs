@@ -1,0 +1,157 @@
+//! # The delivery pipeline
+//!
+//! ```text
+//! root (RootSupervisor: one_for_one)
+//! ├── store       StoreWorker      owns the sqlx pool; pings it; fails when the database is gone
+//! ├── provider    ProviderWorker   owns the HTTP provider client and its circuit breaker
+//! ├── broker      BrokerSupervisor (rest_for_one)
+//! │   ├── connection  ConnectionWorker  one RabbitMQ connection; declares the topology; fails when lost
+//! │   ├── publisher   PublisherWorker   its own confirm-mode channel
+//! │   ├── consumer    ConsumerWorker    its own channel on the work queue; one worker per delivery
+//! │   └── workers     WorkersSupervisor (one_for_one, dynamic DeliveryWorker, temporary)
+//! └── scheduler   SchedulerWorker  republishes due retries from the database
+//! ```
+//!
+//! A lost RabbitMQ connection fails `connection`; rest_for_one restarts the publisher, the
+//! consumer and the workers with it (they hold its channels and deliveries), and nothing
+//! else. A worker that dies mid-message drops its delivery, which nacks it back to the queue
+//! at once. A delivery is acked only after the database commit of its outcome and the
+//! confirm of any publish it caused.
+
+pub mod broker;
+pub mod config;
+pub mod provider_worker;
+pub mod scheduler;
+pub mod store_worker;
+pub mod worker;
+
+use ractor::ActorRef;
+
+pub use config::{DeliveryConfig, PipelineConfig, SchedulerConfig};
+
+use crate::broker::MemoryBroker;
+use crate::clock::Clock;
+use crate::supervisor::{ChildSpec, Shutdown, Strategy, SupervisorSpec};
+use crate::tree::{LookupError, Tree};
+
+/// Errors of the pipeline actors.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("{0} is not available: {1}")]
+    Unavailable(&'static str, LookupError),
+    #[error("{0} did not answer: {1}")]
+    NoAnswer(&'static str, String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
+    #[error(transparent)]
+    Provider(#[from] crate::provider::ProviderError),
+}
+
+/// How the pipeline's actors reach each other: stable handles through the live tree, so a
+/// restarted collaborator is found again and a restarting one says so.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub tree: Tree,
+    pub root: String,
+    pub config: PipelineConfig,
+    pub clock: Clock,
+    pub memory: MemoryBroker,
+}
+
+impl Pipeline {
+    pub fn path(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.root)
+    }
+
+    fn lookup<M: ractor::Message>(
+        &self,
+        rel: &str,
+        what: &'static str,
+    ) -> Result<ActorRef<M>, PipelineError> {
+        self.tree
+            .handle(self.path(rel))
+            .actor_ref()
+            .map_err(|e| PipelineError::Unavailable(what, e))
+    }
+
+    pub fn store(&self) -> Result<ActorRef<store_worker::StoreMessage>, PipelineError> {
+        self.lookup("store", "the store")
+    }
+
+    pub fn provider(&self) -> Result<ActorRef<provider_worker::ProviderMessage>, PipelineError> {
+        self.lookup("provider", "the provider")
+    }
+
+    pub fn connection(&self) -> Result<ActorRef<broker::ConnectionMessage>, PipelineError> {
+        self.lookup("broker/connection", "the broker connection")
+    }
+
+    pub fn publisher(&self) -> Result<ActorRef<broker::PublisherMessage>, PipelineError> {
+        self.lookup("broker/publisher", "the publisher")
+    }
+
+    pub fn workers(&self) -> Result<ActorRef<crate::supervisor::SupervisorMessage>, PipelineError> {
+        self.lookup("broker/workers", "the workers supervisor")
+    }
+
+    pub fn scheduler(&self) -> Result<ActorRef<scheduler::SchedulerMessage>, PipelineError> {
+        self.lookup("scheduler", "the scheduler")
+    }
+}
+
+/// The root supervisor's children for the delivery pipeline, in start order.
+pub fn pipeline_children(p: &Pipeline) -> Vec<ChildSpec> {
+    let backoff = p.config.supervision.backoff;
+    let intensity = p.config.supervision.intensity();
+    let seed = p.config.supervision.seed;
+    let (ps, pp, pb, psch) = (p.clone(), p.clone(), p.clone(), p.clone());
+    vec![
+        ChildSpec::worker("store", move |_| (store_worker::StoreWorker, ps.clone()))
+            .backoff(backoff),
+        ChildSpec::worker("provider", move |_| {
+            (provider_worker::ProviderWorker, pp.clone())
+        })
+        .backoff(backoff),
+        ChildSpec::supervisor("broker", move |_| {
+            let pb = pb.clone();
+            let (pc, ppub, pcons) = (pb.clone(), pb.clone(), pb.clone());
+            let max_workers = (pb.config.broker.prefetch as usize).max(1) * 2;
+            let worker_shutdown = Shutdown::Timeout(std::time::Duration::from_millis(
+                pb.config.delivery.worker_shutdown_ms,
+            ));
+            SupervisorSpec::new(Strategy::RestForOne, intensity)
+                .seed(seed)
+                .child(
+                    ChildSpec::worker("connection", move |_| {
+                        (broker::ConnectionWorker, pc.clone())
+                    })
+                    .backoff(backoff),
+                )
+                .child(
+                    ChildSpec::worker("publisher", move |_| {
+                        (broker::PublisherWorker, ppub.clone())
+                    })
+                    .backoff(backoff),
+                )
+                .child(
+                    ChildSpec::worker("consumer", move |_| (broker::ConsumerWorker, pcons.clone()))
+                        .backoff(backoff),
+                )
+                .child(ChildSpec::supervisor("workers", move |_| {
+                    SupervisorSpec::new(Strategy::OneForOne, intensity).dynamic(
+                        ChildSpec::new("delivery", worker::start_delivery_worker)
+                            .restart(crate::supervisor::Restart::Temporary)
+                            .shutdown(worker_shutdown),
+                        max_workers,
+                    )
+                }))
+        })
+        .backoff(backoff),
+        ChildSpec::worker("scheduler", move |_| {
+            (scheduler::SchedulerWorker, psch.clone())
+        })
+        .backoff(backoff),
+    ]
+}

@@ -1,0 +1,168 @@
+//! `ProviderWorker`: the SMS provider actor.
+//!
+//! Owns the HTTP client and the circuit breaker. Each send runs in a task of its own (sends
+//! are concurrent); its outcome comes back to this actor to drive the breaker, then to the
+//! caller. While the circuit is open, sends are refused with the time to try again, so
+//! messages are rescheduled without spending attempts. When a half-open probe succeeds the
+//! circuit closes and the failed queue is re-driven (see `scheduler`).
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+
+use crate::message::OutboundMessage;
+use crate::pipeline::Pipeline;
+use crate::provider::{CircuitBreaker, CircuitState, Permit, Provider, SendOutcome, Transition};
+
+/// What a send came to.
+#[derive(Debug, Clone)]
+pub enum SendResult {
+    /// The provider was called.
+    Done(SendOutcome),
+    /// The circuit is open: try again at this wall-clock time (Unix ms).
+    CircuitOpen { retry_at_ms: i64 },
+}
+
+/// Messages of [`ProviderWorker`].
+#[derive(Debug)]
+pub enum ProviderMessage {
+    Send {
+        msg: Box<OutboundMessage>,
+        attempt: u32,
+        reply: RpcReplyPort<SendResult>,
+    },
+    /// The circuit's state, for status endpoints.
+    Circuit(RpcReplyPort<CircuitReport>),
+    /// Internal: a send finished.
+    #[doc(hidden)]
+    Finished {
+        outcome: SendOutcome,
+        probe: bool,
+        reply: RpcReplyPort<SendResult>,
+    },
+}
+
+/// The circuit, as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct CircuitReport {
+    pub state: CircuitState,
+    pub closed_transitions: u64,
+}
+
+/// The provider actor.
+#[derive(Debug, Clone, Copy)]
+pub struct ProviderWorker;
+
+/// State of [`ProviderWorker`].
+#[derive(Debug)]
+pub struct ProviderState {
+    p: Pipeline,
+    provider: Provider,
+    circuit: CircuitBreaker,
+    probe_in_flight: bool,
+    closed_transitions: u64,
+}
+
+impl Actor for ProviderWorker {
+    type Msg = ProviderMessage;
+    type State = ProviderState;
+    type Arguments = Pipeline;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        p: Pipeline,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let provider = Provider::from_config(&p.config.provider)?;
+        let circuit = CircuitBreaker::new(&p.config.provider.circuit);
+        Ok(ProviderState {
+            p,
+            provider,
+            circuit,
+            probe_in_flight: false,
+            closed_transitions: 0,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ProviderMessage::Send {
+                msg,
+                attempt,
+                reply,
+            } => {
+                let probe = match state.circuit.check() {
+                    Permit::Allowed => false,
+                    Permit::Probe if !state.probe_in_flight => true,
+                    Permit::Probe => {
+                        let _ = reply.send(SendResult::CircuitOpen {
+                            retry_at_ms: state.p.clock.now_ms() + 1_000,
+                        });
+                        return Ok(());
+                    }
+                    Permit::Rejected { retry_at } => {
+                        let wait = retry_at.saturating_duration_since(tokio::time::Instant::now());
+                        let _ = reply.send(SendResult::CircuitOpen {
+                            retry_at_ms: state.p.clock.now_ms() + wait.as_millis() as i64,
+                        });
+                        return Ok(());
+                    }
+                };
+                state.probe_in_flight |= probe;
+                let provider = state.provider.clone();
+                let me = myself.clone();
+                tokio::spawn(async move {
+                    let outcome = provider.send(&msg, attempt).await;
+                    if let Err(ractor::MessagingErr::SendErr(ProviderMessage::Finished {
+                        outcome,
+                        reply,
+                        ..
+                    })) = me.send_message(ProviderMessage::Finished {
+                        outcome,
+                        probe,
+                        reply,
+                    }) {
+                        // The actor is gone; the caller still gets its answer.
+                        let _ = reply.send(SendResult::Done(outcome));
+                    }
+                });
+            }
+            ProviderMessage::Finished {
+                outcome,
+                probe,
+                reply,
+            } => {
+                if probe {
+                    state.probe_in_flight = false;
+                }
+                match state.circuit.on_outcome(&outcome) {
+                    Some(Transition::Opened) => {
+                        tracing::error!(outcome = ?outcome, "provider circuit opened");
+                    }
+                    Some(Transition::Closed) => {
+                        state.closed_transitions += 1;
+                        tracing::info!("provider circuit closed: sending works again");
+                        if let Ok(s) = state.p.scheduler() {
+                            let _ = s.send_message(
+                                crate::pipeline::scheduler::SchedulerMessage::Redrive,
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+                let _ = reply.send(SendResult::Done(outcome));
+            }
+            ProviderMessage::Circuit(reply) => {
+                let _ = reply.send(CircuitReport {
+                    state: state.circuit.state(),
+                    closed_transitions: state.closed_transitions,
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,235 @@
+//! `SchedulerWorker`: delayed retries, operator retries and the failed-queue re-drive.
+//!
+//! The database holds every retry's due time, so a restarted scheduler (or process) loses
+//! nothing: it wakes at the earliest due time (or every `poll_ms`, since other instances and
+//! workers schedule too), claims due rows (on PostgreSQL with `FOR UPDATE SKIP LOCKED`, so
+//! instances can share one database), republishes each to the work queue with a confirm, and
+//! then releases the claims. A claim whose confirm never came is taken again after its lease.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::broker::{Outgoing, Route};
+use crate::pipeline::broker::{broker_of, publish};
+use crate::pipeline::store_worker::store_of;
+use crate::pipeline::worker::ERROR_CLASS_HEADER;
+use crate::pipeline::{Pipeline, PipelineError};
+
+/// Messages of [`SchedulerWorker`].
+#[derive(Debug)]
+pub enum SchedulerMessage {
+    /// A retry is due at this time (Unix ms): wake then if that is earlier than planned.
+    Wake(i64),
+    /// Internal: a timer fired.
+    #[doc(hidden)]
+    Tick,
+    /// Put a failed message back into play (`retry(id)`); answers whether it was failed.
+    Retry {
+        id: Uuid,
+        reply: RpcReplyPort<Result<bool, String>>,
+    },
+    /// Re-drive the failed queue (sending works again).
+    Redrive,
+}
+
+/// The scheduler actor.
+#[derive(Debug, Clone, Copy)]
+pub struct SchedulerWorker;
+
+/// State of [`SchedulerWorker`].
+#[derive(Debug)]
+pub struct SchedulerState {
+    p: Pipeline,
+    /// The earliest wake-up already planned (Unix ms).
+    planned: Option<i64>,
+    redrive: Option<JoinHandle<()>>,
+}
+
+impl SchedulerState {
+    fn plan(&mut self, myself: &ActorRef<SchedulerMessage>, at_ms: i64) {
+        let now = self.p.clock.now_ms();
+        let at_ms = at_ms.max(now);
+        if self.planned.is_some_and(|p| p <= at_ms && p >= now) {
+            return;
+        }
+        self.planned = Some(at_ms);
+        let delay = Duration::from_millis((at_ms - now) as u64);
+        myself.send_after(delay, || SchedulerMessage::Tick);
+    }
+}
+
+impl Actor for SchedulerWorker {
+    type Msg = SchedulerMessage;
+    type State = SchedulerState;
+    type Arguments = Pipeline;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        p: Pipeline,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        myself.send_message(SchedulerMessage::Tick)?;
+        Ok(SchedulerState {
+            p,
+            planned: None,
+            redrive: None,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(r) = state.redrive.take() {
+            r.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SchedulerMessage::Wake(at) => state.plan(&myself, at),
+            SchedulerMessage::Tick => {
+                state.planned = None;
+                republish_due(&state.p).await?;
+                let store = store_of(&state.p).await?;
+                let now = state.p.clock.now_ms();
+                let poll = now + state.p.config.scheduler.poll_ms as i64;
+                let next = store.next_due_at().await?.map_or(poll, |d| d.min(poll));
+                state.plan(&myself, next);
+            }
+            SchedulerMessage::Retry { id, reply } => {
+                let result = retry(&state.p, id).await;
+                if result.as_ref().is_ok_and(|r| *r) {
+                    state.plan(&myself, state.p.clock.now_ms());
+                }
+                let _ = reply.send(result.map_err(|e| e.to_string()));
+            }
+            SchedulerMessage::Redrive => {
+                if state.redrive.as_ref().is_some_and(|r| !r.is_finished()) {
+                    return Ok(());
+                }
+                let p = state.p.clone();
+                let me = myself.clone();
+                state.redrive = Some(tokio::spawn(async move {
+                    match redrive(&p).await {
+                        Ok(n) => {
+                            tracing::info!(redriven = n, "failed queue re-driven");
+                            let _ = me.send_message(SchedulerMessage::Tick);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "failed-queue re-drive stopped"),
+                    }
+                }));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Claim due rows, republish each with a confirm, release the claims. Repeats while full
+/// batches come back.
+async fn republish_due(p: &Pipeline) -> Result<usize, PipelineError> {
+    let store = store_of(p).await?;
+    let cfg = &p.config.scheduler;
+    let mut total = 0;
+    loop {
+        let now = p.clock.now_ms();
+        let due = store
+            .claim_due(now, cfg.lease_ms as i64, cfg.batch as i64)
+            .await?;
+        let n = due.len();
+        let mut done = Vec::with_capacity(n);
+        for (msg, attempts) in due {
+            let mut headers = BTreeMap::new();
+            headers.insert("x-drover-attempts".to_string(), attempts.to_string());
+            publish(
+                p,
+                Route::Work,
+                Outgoing {
+                    body: msg.to_json(),
+                    message_id: Some(msg.id.to_string()),
+                    correlation_id: Some(msg.correlation_id.clone()),
+                    headers,
+                },
+            )
+            .await?;
+            done.push(msg.id);
+        }
+        store.release_claims(&done).await?;
+        total += n;
+        if n < cfg.batch as usize {
+            return Ok(total);
+        }
+    }
+}
+
+/// `retry(id)`: a failed message back into play; the next tick republishes it.
+pub async fn retry(p: &Pipeline, id: Uuid) -> Result<bool, PipelineError> {
+    let store = store_of(p).await?;
+    Ok(store.retry(id, p.clock.now_ms()).await?.is_some())
+}
+
+/// Consume what is in the failed queue now (bounded by its depth at the start), at most
+/// `redrive_per_sec` a second: messages that failed for a transient reason are put back into
+/// play; permanent failures go back to the end of the failed queue.
+pub async fn redrive(p: &Pipeline) -> Result<usize, PipelineError> {
+    let broker = broker_of(p).await?;
+    let store = store_of(p).await?;
+    let queue = &p.config.broker.failed_queue;
+    let depth = broker.queue_stats(queue).await?.ready as usize;
+    if depth == 0 {
+        return Ok(0);
+    }
+    let mut consumer = broker
+        .consumer(queue, 1, &format!("drover-redrive-{}", Uuid::new_v4()))
+        .await?;
+    let pace = Duration::from_millis(1_000 / p.config.scheduler.redrive_per_sec.max(1) as u64);
+    let mut redriven = 0;
+    for _ in 0..depth {
+        let Ok(Some(next)) = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await
+        else {
+            break;
+        };
+        let mut d = next?;
+        let permanent = d
+            .headers
+            .get(ERROR_CLASS_HEADER)
+            .is_some_and(|c| c == "permanent");
+        let id = serde_json::from_slice::<crate::message::OutboundMessage>(&d.body)
+            .ok()
+            .map(|m| m.id);
+        match id {
+            Some(id) if !permanent => {
+                if store.retry(id, p.clock.now_ms()).await?.is_some() {
+                    redriven += 1;
+                }
+            }
+            _ => {
+                publish(
+                    p,
+                    Route::Failed,
+                    Outgoing {
+                        body: d.body.clone(),
+                        message_id: d.message_id.clone(),
+                        correlation_id: d.correlation_id.clone(),
+                        headers: d.headers.clone(),
+                    },
+                )
+                .await?;
+            }
+        }
+        d.ack().await?;
+        tokio::time::sleep(pace).await;
+    }
+    Ok(redriven)
+}

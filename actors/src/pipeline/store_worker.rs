@@ -1,0 +1,82 @@
+//! `StoreWorker`: the database connection actor.
+//!
+//! Connects (and migrates) in `pre_start`, so an unreachable database is a start failure its
+//! supervisor retries with backoff. Pings on a timer and fails when the database is gone, so
+//! reconnection is a restart. Hands out the pool handle (`StoreMessage::Get`): sqlx pools are
+//! concurrent, so queries do not queue behind this actor.
+
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::pipeline::Pipeline;
+use crate::store::Store;
+
+/// How often the connection is checked.
+pub const PING_EVERY: Duration = Duration::from_secs(2);
+
+/// Messages of [`StoreWorker`].
+#[derive(Debug)]
+pub enum StoreMessage {
+    /// The store handle.
+    Get(RpcReplyPort<Store>),
+    /// A caller saw the database fail: check now.
+    Suspect,
+    /// Timer: check the connection.
+    Ping,
+}
+
+/// The database connection actor.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreWorker;
+
+/// State of [`StoreWorker`].
+#[derive(Debug)]
+pub struct StoreState {
+    store: Store,
+}
+
+impl Actor for StoreWorker {
+    type Msg = StoreMessage;
+    type State = StoreState;
+    type Arguments = Pipeline;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        p: Pipeline,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let store = Store::connect(&p.config.store)
+            .await?
+            .with_sending_lease(p.config.delivery.sending_lease_ms as i64);
+        tracing::info!(backend = store.backend(), "database connected and migrated");
+        myself.send_interval(PING_EVERY, || StoreMessage::Ping);
+        Ok(StoreState { store })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            StoreMessage::Get(reply) => {
+                let _ = reply.send(state.store.clone());
+            }
+            StoreMessage::Ping | StoreMessage::Suspect => {
+                if let Err(e) = state.store.ping().await {
+                    return Err(format!("database unreachable: {e}").into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The current store handle, through the store actor.
+pub async fn store_of(p: &Pipeline) -> Result<Store, crate::pipeline::PipelineError> {
+    let actor = p.store()?;
+    ractor::call_t!(actor, StoreMessage::Get, 5_000)
+        .map_err(|e| crate::pipeline::PipelineError::NoAnswer("the store", e.to_string()))
+}

@@ -1,0 +1,1184 @@
+//! The message ledger against both backends: every test body below runs once on PostgreSQL
+//! (in a fresh schema, dropped afterwards) and once on SQLite (in a fresh temp file).
+//!
+//! PostgreSQL comes from `DROVER_TEST_DATABASE_URL` (default
+//! `postgres://drover:drover@127.0.0.1:5432/drover`); the role must be allowed to create
+//! schemas. When it is unreachable the PostgreSQL tests fail, they never skip.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use drover_actors::message::OutboundMessage;
+use drover_actors::store::{
+    Admission, AttemptOutcome, AttemptRecord, MessageRecord, MessageStatus, OutcomeKind, Store,
+    StoreConfig, StoreError,
+};
+use futures::FutureExt;
+use sqlx::AssertSqlSafe;
+use uuid::Uuid;
+
+/// An arbitrary "now" (Unix ms); the store never reads a clock.
+const NOW: i64 = 1_750_000_000_000;
+/// A claim lease long enough not to lapse unless a test wants it to.
+const LEASE: i64 = 60_000;
+const DEFAULT_PG_URL: &str = "postgres://drover:drover@127.0.0.1:5432/drover";
+
+// -------------------------------------------------------------------------------------------
+// Harness
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+fn pg_url() -> String {
+    std::env::var("DROVER_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_PG_URL.to_owned())
+}
+
+/// `url` without its password, for messages.
+fn redacted(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((credentials, host)) = rest.rsplit_once('@')
+    {
+        let user = credentials.split(':').next().unwrap_or_default();
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_owned()
+}
+
+/// One test's private database.
+struct TestDb {
+    backend: Backend,
+    config: StoreConfig,
+    sqlite_path: Option<PathBuf>,
+    /// Whether a store ever connected (else there is nothing to clean up).
+    connected: AtomicBool,
+}
+
+impl TestDb {
+    fn new(backend: Backend) -> TestDb {
+        let unique = Uuid::new_v4().simple().to_string();
+        match backend {
+            Backend::Postgres => TestDb {
+                backend,
+                config: StoreConfig {
+                    url: pg_url(),
+                    max_connections: 4,
+                    acquire_timeout_ms: 10_000,
+                    schema: Some(format!("drover_test_{unique}")),
+                },
+                sqlite_path: None,
+                connected: AtomicBool::new(false),
+            },
+            Backend::Sqlite => {
+                let path = std::env::temp_dir().join(format!("drover-store-test-{unique}.db"));
+                TestDb {
+                    backend,
+                    config: StoreConfig {
+                        url: format!("sqlite://{}?mode=rwc", path.display()),
+                        max_connections: 4,
+                        acquire_timeout_ms: 10_000,
+                        schema: None,
+                    },
+                    sqlite_path: Some(path),
+                    connected: AtomicBool::new(false),
+                }
+            }
+        }
+    }
+
+    /// A new store (its own pool) on this test's database; connecting applies migrations.
+    async fn store(&self) -> Store {
+        match Store::connect(&self.config).await {
+            Ok(store) => {
+                self.connected.store(true, Ordering::Relaxed);
+                store
+            }
+            Err(e) if self.backend == Backend::Postgres => panic!(
+                "cannot use PostgreSQL at {} for the store tests: {e}\n\
+                 Start it, or point DROVER_TEST_DATABASE_URL at one (the role must be able to \
+                 create schemas). These tests fail rather than skip.",
+                redacted(&self.config.url)
+            ),
+            Err(e) => panic!("cannot open SQLite at {}: {e}", self.config.url),
+        }
+    }
+
+    /// Drop the schema / delete the files.
+    async fn clean_up(&self) {
+        if !self.connected.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(schema) = &self.config.schema {
+            // Best effort: a failure here must not hide the test's own result.
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(&self.config.url)
+                .await;
+            if let Ok(pool) = pool {
+                // `schema` is generated above from a UUID: safe to splice in.
+                let drop = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+                if let Err(e) = sqlx::raw_sql(AssertSqlSafe(drop)).execute(&pool).await {
+                    eprintln!("could not drop test schema {schema}: {e}");
+                }
+                pool.close().await;
+            }
+        }
+        if let Some(path) = &self.sqlite_path {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut file = path.clone().into_os_string();
+                file.push(suffix);
+                let _ = std::fs::remove_file(file);
+            }
+        }
+    }
+}
+
+/// Run `body` on a fresh database of `backend`, cleaning up even if it panics.
+async fn run(backend: Backend, body: impl AsyncFnOnce(&TestDb)) {
+    let db = TestDb::new(backend);
+    let result = AssertUnwindSafe(body(&db)).catch_unwind().await;
+    db.clean_up().await;
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// For each named test body, a `postgres::NAME` and a `sqlite::NAME` test.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::run(super::Backend::Postgres, super::$name).await
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::run(super::Backend::Sqlite, super::$name).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    migrations_apply_idempotently,
+    admission_table,
+    outcomes_and_history,
+    deferred_does_not_spend_attempts,
+    claim_due_returns_only_due_rows,
+    concurrent_claimers_never_share_a_row,
+    concurrent_admissions_are_serialized,
+    stale_claim_is_reclaimed_after_its_lease,
+    retry_revives_failed_messages,
+    record_invalid_with_and_without_id,
+    batch_variants_match_single_ones,
+    sending_lease_separates_in_flight_from_interrupted,
+);
+
+// -------------------------------------------------------------------------------------------
+// Helpers
+
+/// With a sending lease, a message `sending` since less than the lease is in flight elsewhere
+/// (no second attempt); after the lease it is an interrupted attempt and proceeds.
+async fn sending_lease_separates_in_flight_from_interrupted(db: &TestDb) {
+    let store = db.store().await.with_sending_lease(30_000);
+    let m = msg(1);
+    assert_eq!(store.begin_attempt(&m, NOW).await.unwrap(), proceed(1));
+    assert_eq!(
+        store.begin_attempt(&m, NOW + 29_999).await.unwrap(),
+        Admission::InFlight { since: NOW }
+    );
+    assert_eq!(
+        get(&store, m.id).await.attempts,
+        1,
+        "an in-flight answer spends nothing"
+    );
+    assert_eq!(
+        store.begin_attempt(&m, NOW + 30_000).await.unwrap(),
+        Admission::Proceed {
+            attempt: 2,
+            interrupted: true
+        }
+    );
+}
+
+fn msg(n: u32) -> OutboundMessage {
+    OutboundMessage {
+        id: Uuid::new_v4(),
+        to: format!("+1555{n:07}"),
+        body: format!("hello {n}"),
+        from: (n % 2 == 0).then(|| "+15550000000".to_owned()),
+        correlation_id: format!("corr-{n}"),
+    }
+}
+
+fn proceed(attempt: u32) -> Admission {
+    Admission::Proceed {
+        attempt,
+        interrupted: false,
+    }
+}
+
+fn sent(provider_message_id: &str) -> AttemptOutcome {
+    AttemptOutcome::Sent {
+        provider_message_id: provider_message_id.to_owned(),
+        latency_ms: 12,
+    }
+}
+
+fn retry_at(next_attempt_at: i64) -> AttemptOutcome {
+    AttemptOutcome::Retry {
+        next_attempt_at,
+        error_class: "http_503".to_owned(),
+        error: "service unavailable".to_owned(),
+        latency_ms: 40,
+    }
+}
+
+fn failed() -> AttemptOutcome {
+    AttemptOutcome::Failed {
+        error_class: "http_400".to_owned(),
+        error: "not a mobile number".to_owned(),
+        latency_ms: 7,
+    }
+}
+
+fn deferred(next_attempt_at: i64) -> AttemptOutcome {
+    AttemptOutcome::Deferred {
+        next_attempt_at,
+        reason: "provider circuit open".to_owned(),
+    }
+}
+
+fn ambiguous(next_attempt_at: i64) -> AttemptOutcome {
+    AttemptOutcome::Ambiguous {
+        next_attempt_at,
+        error: "timed out after sending".to_owned(),
+        latency_ms: 30_000,
+    }
+}
+
+async fn get(store: &Store, id: Uuid) -> MessageRecord {
+    store
+        .get(id)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("message {id} is not stored"))
+}
+
+/// A message admitted at `NOW` whose first attempt asked for a retry at `due`.
+async fn scheduled(store: &Store, n: u32, due: i64) -> OutboundMessage {
+    let m = msg(n);
+    assert_eq!(store.begin_attempt(&m, NOW).await.unwrap(), proceed(1));
+    store
+        .record_outcome(m.id, 1, &retry_at(due), NOW)
+        .await
+        .unwrap();
+    m
+}
+
+fn ids(claimed: &[(OutboundMessage, u32)]) -> Vec<Uuid> {
+    claimed.iter().map(|(m, _)| m.id).collect()
+}
+
+// -------------------------------------------------------------------------------------------
+// Bodies
+
+async fn migrations_apply_idempotently(db: &TestDb) {
+    let first = db.store().await;
+    let second = db.store().await; // migrations already applied: a no-op
+    let expected = match db.backend {
+        Backend::Postgres => "postgres",
+        Backend::Sqlite => "sqlite",
+    };
+    assert_eq!(first.backend(), expected);
+    assert_eq!(second.backend(), expected);
+    first.ping().await.unwrap();
+    second.ping().await.unwrap();
+
+    let empty = first.counts_by_status().await.unwrap();
+    let statuses: Vec<&str> = MessageStatus::ALL.iter().map(|s| s.as_str()).collect();
+    assert_eq!(
+        empty.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        statuses.iter().copied().collect()
+    );
+    assert!(empty.values().all(|&n| n == 0));
+    assert_eq!(first.next_due_at().await.unwrap(), None);
+    assert_eq!(first.get(Uuid::new_v4()).await.unwrap(), None);
+
+    // Data survives reconnecting, which applies migrations a third time.
+    let m = msg(1);
+    assert_eq!(first.begin_attempt(&m, NOW).await.unwrap(), proceed(1));
+    if let Some(path) = &db.sqlite_path {
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        assert!(PathBuf::from(wal).exists(), "SQLite runs in WAL mode");
+    }
+    let third = db.store().await;
+    assert_eq!(get(&third, m.id).await.status, MessageStatus::Sending);
+    assert_eq!(third.counts_by_status().await.unwrap()["sending"], 1);
+
+    // A clone shares the pool.
+    let clone = third.clone();
+    clone.ping().await.unwrap();
+    first.close().await;
+    assert!(first.ping().await.is_err(), "a closed store fails");
+    second.ping().await.unwrap();
+}
+
+async fn admission_table(db: &TestDb) {
+    let s = db.store().await;
+    let m = msg(1);
+
+    // Absent: inserted, sending, attempt 1.
+    assert_eq!(s.begin_attempt(&m, NOW).await.unwrap(), proceed(1));
+    let r = get(&s, m.id).await;
+    assert_eq!(r.message(), Some(m.clone()));
+    assert_eq!(
+        (r.status, r.attempts, r.created_at, r.updated_at),
+        (MessageStatus::Sending, 1, NOW, NOW)
+    );
+    assert_eq!(r.history.len(), 1);
+    assert_eq!(
+        (
+            r.history[0].attempt,
+            r.history[0].started_at,
+            r.history[0].outcome
+        ),
+        (1, NOW, None)
+    );
+
+    // Sending: the previous worker died mid-send.
+    assert_eq!(
+        s.begin_attempt(&m, NOW + 1).await.unwrap(),
+        Admission::Proceed {
+            attempt: 2,
+            interrupted: true
+        }
+    );
+    let r = get(&s, m.id).await;
+    assert_eq!(
+        (r.status, r.attempts, r.updated_at),
+        (MessageStatus::Sending, 2, NOW + 1)
+    );
+    assert_eq!(r.history.len(), 2);
+    assert_eq!(r.history[0].outcome, Some(OutcomeKind::Ambiguous));
+    assert_eq!(r.history[0].error_class.as_deref(), Some("interrupted"));
+    assert_eq!(r.history[0].finished_at, Some(NOW + 1));
+    assert_eq!((r.history[1].attempt, r.history[1].outcome), (2, None));
+
+    // Another payload under the same id: conflict, row untouched.
+    let before = get(&s, m.id).await;
+    let other_body = OutboundMessage {
+        body: "something else".into(),
+        ..m.clone()
+    };
+    let other_to = OutboundMessage {
+        to: "+15559999999".into(),
+        ..m.clone()
+    };
+    let other_from = OutboundMessage {
+        from: Some("ACME".into()),
+        ..m.clone()
+    };
+    for other in [&other_body, &other_to, &other_from] {
+        assert_eq!(
+            s.begin_attempt(other, NOW + 2).await.unwrap(),
+            Admission::Conflict
+        );
+    }
+    assert_eq!(get(&s, m.id).await, before);
+
+    // Retry scheduled: not due, untouched (also with another correlation id: same payload).
+    s.record_outcome(m.id, 2, &retry_at(NOW + 1000), NOW + 3)
+        .await
+        .unwrap();
+    let before = get(&s, m.id).await;
+    assert_eq!(
+        s.begin_attempt(&m, NOW + 4).await.unwrap(),
+        Admission::NotDue {
+            next_attempt_at: NOW + 1000
+        }
+    );
+    let recorrelated = OutboundMessage {
+        correlation_id: "another".into(),
+        ..m.clone()
+    };
+    assert_eq!(
+        s.begin_attempt(&recorrelated, NOW + 4).await.unwrap(),
+        Admission::NotDue {
+            next_attempt_at: NOW + 1000
+        }
+    );
+    assert_eq!(get(&s, m.id).await, before);
+
+    // Queued (claimed by a scheduler, republished): sending, attempts + 1, claim cleared.
+    let claimed = s.claim_due(NOW + 1000, LEASE, 10).await.unwrap();
+    assert_eq!(claimed, vec![(m.clone(), 2)]);
+    assert_eq!(get(&s, m.id).await.status, MessageStatus::Queued);
+    assert_eq!(s.begin_attempt(&m, NOW + 1001).await.unwrap(), proceed(3));
+    let r = get(&s, m.id).await;
+    assert_eq!(
+        (r.status, r.attempts, r.claimed_until, r.next_attempt_at),
+        (MessageStatus::Sending, 3, None, None)
+    );
+    assert_eq!(r.history.len(), 3);
+
+    // Sent.
+    s.record_outcome(m.id, 3, &sent("SM1"), NOW + 1002)
+        .await
+        .unwrap();
+    let before = get(&s, m.id).await;
+    assert_eq!(
+        s.begin_attempt(&m, NOW + 1003).await.unwrap(),
+        Admission::AlreadySent {
+            provider_message_id: Some("SM1".into())
+        }
+    );
+    assert_eq!(get(&s, m.id).await, before);
+
+    // Failed.
+    let f = msg(2);
+    assert_eq!(s.begin_attempt(&f, NOW).await.unwrap(), proceed(1));
+    s.record_outcome(f.id, 1, &failed(), NOW + 1).await.unwrap();
+    assert_eq!(
+        s.begin_attempt(&f, NOW + 2).await.unwrap(),
+        Admission::AlreadyFailed {
+            last_error: Some("not a mobile number".into())
+        }
+    );
+    assert_eq!(get(&s, f.id).await.status, MessageStatus::Failed);
+
+    // Invalid: whatever the payload.
+    let i = msg(3);
+    assert_eq!(
+        s.record_invalid(Some(i.id), None, b"{\"to\":1}", "`to` is not a string", NOW)
+            .await
+            .unwrap(),
+        i.id
+    );
+    assert_eq!(
+        s.begin_attempt(&i, NOW + 1).await.unwrap(),
+        Admission::AlreadyInvalid
+    );
+    assert_eq!(get(&s, i.id).await.status, MessageStatus::Invalid);
+
+    let counts = s.counts_by_status().await.unwrap();
+    let expected: BTreeMap<String, i64> = [
+        ("queued", 0),
+        ("sending", 0),
+        ("sent", 1),
+        ("retry_scheduled", 0),
+        ("failed", 1),
+        ("invalid", 1),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    assert_eq!(counts, expected);
+}
+
+async fn outcomes_and_history(db: &TestDb) {
+    let s = db.store().await;
+    let m = msg(1);
+
+    assert_eq!(s.begin_attempt(&m, NOW).await.unwrap(), proceed(1));
+    s.record_outcome(m.id, 1, &retry_at(NOW + 100), NOW + 10)
+        .await
+        .unwrap();
+    let r = get(&s, m.id).await;
+    assert_eq!(r.status, MessageStatus::RetryScheduled);
+    assert_eq!(
+        (r.attempts, r.next_attempt_at, r.created_at, r.updated_at),
+        (1, Some(NOW + 100), NOW, NOW + 10)
+    );
+    assert_eq!(r.last_error.as_deref(), Some("service unavailable"));
+    assert_eq!(r.last_error_class.as_deref(), Some("http_503"));
+    assert_eq!(
+        r.history,
+        vec![AttemptRecord {
+            attempt: 1,
+            started_at: NOW,
+            finished_at: Some(NOW + 10),
+            outcome: Some(OutcomeKind::Retry),
+            error_class: Some("http_503".into()),
+            error: Some("service unavailable".into()),
+            latency_ms: Some(40),
+            provider_message_id: None,
+        }]
+    );
+
+    // Ambiguous.
+    assert_eq!(s.claim_due(NOW + 100, LEASE, 10).await.unwrap().len(), 1);
+    assert_eq!(s.begin_attempt(&m, NOW + 101).await.unwrap(), proceed(2));
+    s.record_outcome(m.id, 2, &ambiguous(NOW + 300), NOW + 200)
+        .await
+        .unwrap();
+    let r = get(&s, m.id).await;
+    assert_eq!(
+        (r.status, r.attempts, r.next_attempt_at),
+        (MessageStatus::RetryScheduled, 2, Some(NOW + 300))
+    );
+    assert_eq!(r.last_error_class.as_deref(), Some("ambiguous"));
+    assert_eq!(r.last_error.as_deref(), Some("timed out after sending"));
+    assert_eq!(r.history[1].outcome, Some(OutcomeKind::Ambiguous));
+    assert_eq!(r.history[1].error_class.as_deref(), Some("ambiguous"));
+    assert_eq!(r.history[1].latency_ms, Some(30_000));
+
+    // A stale report (an older attempt) changes nothing.
+    assert_eq!(s.claim_due(NOW + 300, LEASE, 10).await.unwrap().len(), 1);
+    assert_eq!(s.begin_attempt(&m, NOW + 301).await.unwrap(), proceed(3));
+    let before = get(&s, m.id).await;
+    s.record_outcome(m.id, 2, &sent("STALE"), NOW + 302)
+        .await
+        .unwrap();
+    assert_eq!(get(&s, m.id).await, before);
+
+    // Sent.
+    s.record_outcome(m.id, 3, &sent("SM-42"), NOW + 400)
+        .await
+        .unwrap();
+    let r = get(&s, m.id).await;
+    assert_eq!(r.status, MessageStatus::Sent);
+    assert_eq!(
+        (r.attempts, r.next_attempt_at, r.updated_at),
+        (3, None, NOW + 400)
+    );
+    assert_eq!(r.provider_message_id.as_deref(), Some("SM-42"));
+    assert_eq!(r.history.len(), 3);
+    assert_eq!(
+        r.history[2],
+        AttemptRecord {
+            attempt: 3,
+            started_at: NOW + 301,
+            finished_at: Some(NOW + 400),
+            outcome: Some(OutcomeKind::Sent),
+            error_class: None,
+            error: None,
+            latency_ms: Some(12),
+            provider_message_id: Some("SM-42".into()),
+        }
+    );
+
+    // Reported twice, or for an unknown message: nothing changes, no error.
+    s.record_outcome(m.id, 3, &failed(), NOW + 500)
+        .await
+        .unwrap();
+    assert_eq!(get(&s, m.id).await, r);
+    s.record_outcome(Uuid::new_v4(), 1, &failed(), NOW + 500)
+        .await
+        .unwrap();
+    assert_eq!(s.counts_by_status().await.unwrap()["sent"], 1);
+    assert_eq!(s.counts_by_status().await.unwrap().values().sum::<i64>(), 1);
+
+    // Failed.
+    let f = msg(2);
+    assert_eq!(s.begin_attempt(&f, NOW).await.unwrap(), proceed(1));
+    s.record_outcome(f.id, 1, &failed(), NOW + 5).await.unwrap();
+    let r = get(&s, f.id).await;
+    assert_eq!(
+        (r.status, r.attempts, r.next_attempt_at),
+        (MessageStatus::Failed, 1, None)
+    );
+    assert_eq!(r.last_error.as_deref(), Some("not a mobile number"));
+    assert_eq!(r.last_error_class.as_deref(), Some("http_400"));
+    assert_eq!(r.history[0].outcome, Some(OutcomeKind::Failed));
+    assert_eq!(r.history[0].latency_ms, Some(7));
+
+    // The record serializes.
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["status"], "failed");
+    assert_eq!(json["history"][0]["outcome"], "failed");
+}
+
+async fn deferred_does_not_spend_attempts(db: &TestDb) {
+    let s = db.store().await;
+    let m = msg(1);
+
+    assert_eq!(s.begin_attempt(&m, NOW).await.unwrap(), proceed(1));
+    s.record_outcome(m.id, 1, &deferred(NOW + 500), NOW + 1)
+        .await
+        .unwrap();
+    let r = get(&s, m.id).await;
+    assert_eq!(
+        (r.status, r.attempts, r.next_attempt_at),
+        (MessageStatus::RetryScheduled, 0, Some(NOW + 500))
+    );
+    assert_eq!(r.last_error.as_deref(), Some("provider circuit open"));
+    assert_eq!(r.last_error_class.as_deref(), Some("deferred"));
+    assert_eq!(r.history.len(), 1);
+    assert_eq!(r.history[0].outcome, Some(OutcomeKind::Deferred));
+    assert_eq!(r.history[0].error.as_deref(), Some("provider circuit open"));
+    assert_eq!(r.history[0].latency_ms, None);
+
+    // The claim reports no attempt spent, and the next admission is attempt 1 again.
+    assert_eq!(
+        s.claim_due(NOW + 500, LEASE, 10).await.unwrap(),
+        vec![(m.clone(), 0)]
+    );
+    assert_eq!(s.begin_attempt(&m, NOW + 501).await.unwrap(), proceed(1));
+
+    // Deferred again, then a real retry: only that one counts.
+    s.record_outcome(m.id, 1, &deferred(NOW + 600), NOW + 502)
+        .await
+        .unwrap();
+    assert_eq!(get(&s, m.id).await.attempts, 0);
+    s.claim_due(NOW + 600, LEASE, 10).await.unwrap();
+    assert_eq!(s.begin_attempt(&m, NOW + 601).await.unwrap(), proceed(1));
+    s.record_outcome(m.id, 1, &retry_at(NOW + 700), NOW + 602)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.claim_due(NOW + 700, LEASE, 10).await.unwrap(),
+        vec![(m.clone(), 1)]
+    );
+    assert_eq!(s.begin_attempt(&m, NOW + 701).await.unwrap(), proceed(2));
+
+    // The history keeps every try, numbered in sequence.
+    let r = get(&s, m.id).await;
+    let outcomes: Vec<(u32, Option<OutcomeKind>)> =
+        r.history.iter().map(|a| (a.attempt, a.outcome)).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            (1, Some(OutcomeKind::Deferred)),
+            (2, Some(OutcomeKind::Deferred)),
+            (3, Some(OutcomeKind::Retry)),
+            (4, None),
+        ]
+    );
+}
+
+async fn claim_due_returns_only_due_rows(db: &TestDb) {
+    let s = db.store().await;
+    assert_eq!(s.next_due_at().await.unwrap(), None);
+    assert!(s.claim_due(NOW, LEASE, 10).await.unwrap().is_empty());
+
+    let b = scheduled(&s, 2, NOW).await;
+    let a = scheduled(&s, 1, NOW - 10).await;
+    let c = scheduled(&s, 3, NOW + 10).await;
+    // Rows in other states are never claimed.
+    let sending = msg(4);
+    s.begin_attempt(&sending, NOW).await.unwrap();
+    let done = msg(5);
+    s.begin_attempt(&done, NOW).await.unwrap();
+    s.record_outcome(done.id, 1, &sent("SM5"), NOW)
+        .await
+        .unwrap();
+    let gone = msg(6);
+    s.begin_attempt(&gone, NOW).await.unwrap();
+    s.record_outcome(gone.id, 1, &failed(), NOW).await.unwrap();
+    s.record_invalid(None, None, b"junk", "not json", NOW)
+        .await
+        .unwrap();
+
+    assert_eq!(s.next_due_at().await.unwrap(), Some(NOW - 10));
+    assert!(s.claim_due(NOW - 11, LEASE, 10).await.unwrap().is_empty());
+    assert!(s.claim_due(NOW, LEASE, 0).await.unwrap().is_empty());
+    assert!(s.claim_due(NOW, LEASE, -1).await.unwrap().is_empty());
+
+    // Due ones, earliest first, with the attempts they have spent.
+    let claimed = s.claim_due(NOW, LEASE, 10).await.unwrap();
+    assert_eq!(claimed, vec![(a.clone(), 1), (b.clone(), 1)]);
+    for m in [&a, &b] {
+        let r = get(&s, m.id).await;
+        assert_eq!(
+            (r.status, r.claimed_until, r.updated_at),
+            (MessageStatus::Queued, Some(NOW + LEASE), NOW)
+        );
+    }
+    // Claimed rows are not handed out again while the lease holds.
+    assert!(s.claim_due(NOW, LEASE, 10).await.unwrap().is_empty());
+    assert_eq!(s.next_due_at().await.unwrap(), Some(NOW + 10));
+
+    assert_eq!(
+        ids(&s.claim_due(NOW + 10, LEASE, 10).await.unwrap()),
+        vec![c.id]
+    );
+    assert_eq!(get(&s, sending.id).await.status, MessageStatus::Sending);
+    assert_eq!(get(&s, done.id).await.status, MessageStatus::Sent);
+    assert_eq!(get(&s, gone.id).await.status, MessageStatus::Failed);
+
+    // `limit` is respected.
+    let mut later = BTreeSet::new();
+    for n in 0..5 {
+        later.insert(scheduled(&s, 10 + n, NOW + 20).await.id);
+    }
+    let mut got = BTreeSet::new();
+    for expected in [2, 2, 1, 0] {
+        let batch = s.claim_due(NOW + 20, LEASE, 2).await.unwrap();
+        assert_eq!(batch.len(), expected);
+        got.extend(ids(&batch));
+    }
+    assert_eq!(got, later);
+}
+
+async fn concurrent_claimers_never_share_a_row(db: &TestDb) {
+    let first = db.store().await;
+    let second = db.store().await;
+    let msgs: Vec<OutboundMessage> = (0..60).map(msg).collect();
+    assert!(
+        first
+            .begin_attempts(&msgs, NOW)
+            .await
+            .unwrap()
+            .iter()
+            .all(|a| *a == proceed(1))
+    );
+    let outcomes: Vec<(Uuid, u32, AttemptOutcome)> =
+        msgs.iter().map(|m| (m.id, 1, retry_at(NOW))).collect();
+    first.record_outcomes(&outcomes, NOW).await.unwrap();
+
+    async fn drain(store: &Store) -> Vec<Uuid> {
+        let mut claimed = Vec::new();
+        loop {
+            let batch = store.claim_due(NOW, LEASE, 7).await.unwrap();
+            if batch.is_empty() {
+                return claimed;
+            }
+            claimed.extend(ids(&batch));
+        }
+    }
+    // Two instances, two schedulers each, all at once.
+    let (a, b, c, d) = tokio::join!(drain(&first), drain(&second), drain(&first), drain(&second));
+
+    let mut seen = BTreeSet::new();
+    for id in a.iter().chain(&b).chain(&c).chain(&d) {
+        assert!(seen.insert(*id), "{id} was claimed twice");
+    }
+    let all: BTreeSet<Uuid> = msgs.iter().map(|m| m.id).collect();
+    assert_eq!(seen, all);
+    assert_eq!(first.counts_by_status().await.unwrap()["queued"], 60);
+}
+
+async fn concurrent_admissions_are_serialized(db: &TestDb) {
+    let first = db.store().await;
+    let second = db.store().await;
+
+    // Two workers get the same new message at once: one inserts it, the other finds it
+    // sending (it cannot tell a live worker from a dead one) and proceeds as interrupted.
+    let m = msg(1);
+    let (a, b) = tokio::join!(first.begin_attempt(&m, NOW), second.begin_attempt(&m, NOW));
+    let mut got = vec![a.unwrap(), b.unwrap()];
+    got.sort_by_key(|a| format!("{a:?}"));
+    assert_eq!(
+        got,
+        vec![
+            proceed(1),
+            Admission::Proceed {
+                attempt: 2,
+                interrupted: true
+            }
+        ]
+    );
+    let r = get(&first, m.id).await;
+    assert_eq!((r.attempts, r.history.len()), (2, 2));
+
+    // Overlapping batches in different orders from two instances neither deadlock nor lose
+    // an admission.
+    let msgs: Vec<OutboundMessage> = (0..20).map(msg).collect();
+    let reversed: Vec<OutboundMessage> = msgs.iter().rev().cloned().collect();
+    let odd_first: Vec<OutboundMessage> = msgs
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .chain(msgs.iter().step_by(2))
+        .cloned()
+        .collect();
+    let (x, y, z) = tokio::join!(
+        first.begin_attempts(&msgs, NOW),
+        second.begin_attempts(&reversed, NOW),
+        second.begin_attempts(&odd_first, NOW),
+    );
+    for batch in [x, y, z] {
+        assert!(
+            batch
+                .unwrap()
+                .iter()
+                .all(|a| matches!(a, Admission::Proceed { .. }))
+        );
+    }
+    for m in &msgs {
+        let r = get(&first, m.id).await;
+        assert_eq!((r.attempts, r.history.len()), (3, 3));
+    }
+}
+
+async fn stale_claim_is_reclaimed_after_its_lease(db: &TestDb) {
+    let s = db.store().await;
+    let a = scheduled(&s, 1, NOW).await;
+    let b = scheduled(&s, 2, NOW).await;
+    assert_eq!(s.claim_due(NOW, 1000, 10).await.unwrap().len(), 2);
+
+    // b's republishing was confirmed; a's scheduler died before confirming.
+    s.release_claims(&[b.id]).await.unwrap();
+    assert_eq!(get(&s, b.id).await.claimed_until, None);
+    assert_eq!(get(&s, a.id).await.claimed_until, Some(NOW + 1000));
+    assert_eq!(s.next_due_at().await.unwrap(), Some(NOW + 1000));
+
+    assert!(s.claim_due(NOW + 999, 1000, 10).await.unwrap().is_empty());
+    let reclaimed = s.claim_due(NOW + 1000, 1000, 10).await.unwrap();
+    assert_eq!(reclaimed, vec![(a.clone(), 1)]);
+    let r = get(&s, a.id).await;
+    assert_eq!(
+        (r.status, r.claimed_until, r.attempts),
+        (MessageStatus::Queued, Some(NOW + 2000), 1)
+    );
+
+    // A worker admits it: the claim is gone, and releasing it late changes nothing.
+    assert_eq!(s.begin_attempt(&a, NOW + 1001).await.unwrap(), proceed(2));
+    s.release_claims(&[a.id, Uuid::new_v4()]).await.unwrap();
+    s.release_claims(&[]).await.unwrap();
+    let r = get(&s, a.id).await;
+    assert_eq!((r.status, r.claimed_until), (MessageStatus::Sending, None));
+
+    // b sits in the work queue (released), a is sending: nothing for the scheduler.
+    assert_eq!(s.next_due_at().await.unwrap(), None);
+    assert!(
+        s.claim_due(NOW + 100_000, 1000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn retry_revives_failed_messages(db: &TestDb) {
+    let s = db.store().await;
+    let m = msg(1);
+    assert_eq!(s.begin_attempt(&m, NOW).await.unwrap(), proceed(1));
+    s.record_outcome(m.id, 1, &failed(), NOW + 1).await.unwrap();
+
+    assert_eq!(s.retry(m.id, NOW + 50).await.unwrap(), Some(m.clone()));
+    let r = get(&s, m.id).await;
+    assert_eq!(
+        (r.status, r.attempts, r.next_attempt_at, r.updated_at),
+        (MessageStatus::RetryScheduled, 0, Some(NOW + 50), NOW + 50)
+    );
+    assert_eq!(s.next_due_at().await.unwrap(), Some(NOW + 50));
+
+    // Only failed messages.
+    assert_eq!(s.retry(m.id, NOW + 51).await.unwrap(), None);
+    assert_eq!(s.retry(Uuid::new_v4(), NOW + 51).await.unwrap(), None);
+    let ok = msg(2);
+    s.begin_attempt(&ok, NOW).await.unwrap();
+    s.record_outcome(ok.id, 1, &sent("SM2"), NOW).await.unwrap();
+    assert_eq!(s.retry(ok.id, NOW + 51).await.unwrap(), None);
+    assert_eq!(get(&s, ok.id).await.status, MessageStatus::Sent);
+
+    // A fresh budget: the scheduler picks it up and the next attempt is number 1.
+    assert_eq!(
+        s.claim_due(NOW + 50, LEASE, 10).await.unwrap(),
+        vec![(m.clone(), 0)]
+    );
+    assert_eq!(s.begin_attempt(&m, NOW + 60).await.unwrap(), proceed(1));
+    let r = get(&s, m.id).await;
+    assert_eq!(
+        r.history.iter().map(|a| a.attempt).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+}
+
+async fn record_invalid_with_and_without_id(db: &TestDb) {
+    let s = db.store().await;
+
+    // Without an id: a fresh one each time.
+    let raw: &[u8] = b"\xff\xfe not utf8";
+    let a = s
+        .record_invalid(None, Some("corr-x"), raw, "body is not UTF-8", NOW)
+        .await
+        .unwrap();
+    let r = get(&s, a).await;
+    assert_eq!(r.status, MessageStatus::Invalid);
+    assert_eq!(r.body, "\u{FFFD}\u{FFFD} not utf8");
+    assert_eq!((r.recipient.as_str(), r.sender.as_deref()), ("", None));
+    assert_eq!(r.correlation_id, "corr-x");
+    assert_eq!(r.last_error.as_deref(), Some("body is not UTF-8"));
+    assert_eq!(r.last_error_class.as_deref(), Some("invalid"));
+    assert_eq!(
+        (r.attempts, r.next_attempt_at, r.created_at),
+        (0, None, NOW)
+    );
+    assert!(r.history.is_empty());
+    assert_eq!(r.message(), None);
+    let b = s
+        .record_invalid(None, None, raw, "body is not UTF-8", NOW)
+        .await
+        .unwrap();
+    assert_ne!(a, b);
+    assert_eq!(get(&s, b).await.correlation_id, b.to_string());
+
+    // With an unused id: that id; the same payload again is the same row.
+    let id = Uuid::new_v4();
+    let payload = br#"{"id":"x","to":"+15551234567"}"#;
+    assert_eq!(
+        s.record_invalid(Some(id), None, payload, "missing field `body`", NOW)
+            .await
+            .unwrap(),
+        id
+    );
+    assert_eq!(get(&s, id).await.correlation_id, id.to_string());
+    assert_eq!(
+        s.record_invalid(Some(id), None, payload, "missing field `body`", NOW + 1)
+            .await
+            .unwrap(),
+        id
+    );
+    assert_eq!(get(&s, id).await.updated_at, NOW);
+
+    // The id of another invalid payload: a fresh id, the first row untouched.
+    let before = get(&s, id).await;
+    let other = s
+        .record_invalid(Some(id), Some("c"), b"{}", "missing field `to`", NOW + 2)
+        .await
+        .unwrap();
+    assert_ne!(other, id);
+    assert_eq!(get(&s, id).await, before);
+    assert_eq!(get(&s, other).await.body, "{}");
+
+    // The id of a valid message (a duplicate id): a fresh id, the message untouched.
+    let m = msg(1);
+    s.begin_attempt(&m, NOW).await.unwrap();
+    let before = get(&s, m.id).await;
+    let dup = s
+        .record_invalid(
+            Some(m.id),
+            Some(&m.correlation_id),
+            b"{}",
+            "id already used",
+            NOW + 3,
+        )
+        .await
+        .unwrap();
+    assert_ne!(dup, m.id);
+    assert_eq!(get(&s, m.id).await, before);
+    assert_eq!(get(&s, dup).await.correlation_id, m.correlation_id);
+
+    // NUL bytes (which PostgreSQL text cannot hold) are replaced.
+    let nul = s
+        .record_invalid(None, None, b"a\0b", "not json", NOW)
+        .await
+        .unwrap();
+    assert_eq!(get(&s, nul).await.body, "a\u{FFFD}b");
+
+    assert_eq!(s.counts_by_status().await.unwrap()["invalid"], 6);
+}
+
+async fn batch_variants_match_single_ones(db: &TestDb) {
+    let s = db.store().await;
+    assert_eq!(s.begin_attempts(&[], NOW).await.unwrap(), vec![]);
+    s.record_outcomes(&[], NOW).await.unwrap();
+
+    // The same story twice, with different ids: once call by call, once in batches.
+    let singles: Vec<OutboundMessage> = (0..6).map(msg).collect();
+    let batched: Vec<OutboundMessage> = (0..6).map(msg).collect();
+
+    let outcomes = |msgs: &[OutboundMessage]| -> Vec<(Uuid, u32, AttemptOutcome)> {
+        vec![
+            (msgs[0].id, 1, sent("SM0")),
+            (msgs[1].id, 1, retry_at(NOW + 100)),
+            (msgs[2].id, 1, failed()),
+            (msgs[3].id, 1, deferred(NOW + 100)),
+            (msgs[4].id, 1, ambiguous(NOW + 100)),
+            (msgs[1].id, 1, sent("stale: already recorded")),
+            (Uuid::new_v4(), 1, failed()),
+            // msgs[5] stays sending
+        ]
+    };
+    let again = |msgs: &[OutboundMessage]| -> Vec<OutboundMessage> {
+        let mut list = msgs.to_vec();
+        list.push(msgs[5].clone()); // twice in one batch
+        list.push(OutboundMessage {
+            body: "conflicting".into(),
+            ..msgs[0].clone()
+        });
+        list
+    };
+
+    let mut single_admissions = Vec::new();
+    for m in &singles {
+        single_admissions.push(s.begin_attempt(m, NOW).await.unwrap());
+    }
+    let batch_admissions = s.begin_attempts(&batched, NOW).await.unwrap();
+    assert_eq!(single_admissions, vec![proceed(1); 6]);
+    assert_eq!(batch_admissions, single_admissions);
+
+    for (id, attempt, outcome) in outcomes(&singles) {
+        s.record_outcome(id, attempt, &outcome, NOW + 1)
+            .await
+            .unwrap();
+    }
+    s.record_outcomes(&outcomes(&batched), NOW + 1)
+        .await
+        .unwrap();
+
+    let mut single_admissions = Vec::new();
+    for m in again(&singles) {
+        single_admissions.push(s.begin_attempt(&m, NOW + 2).await.unwrap());
+    }
+    let batch_admissions = s.begin_attempts(&again(&batched), NOW + 2).await.unwrap();
+    let not_due = Admission::NotDue {
+        next_attempt_at: NOW + 100,
+    };
+    assert_eq!(
+        single_admissions,
+        vec![
+            Admission::AlreadySent {
+                provider_message_id: Some("SM0".into())
+            },
+            not_due.clone(),
+            Admission::AlreadyFailed {
+                last_error: Some("not a mobile number".into())
+            },
+            not_due.clone(),
+            not_due,
+            Admission::Proceed {
+                attempt: 2,
+                interrupted: true
+            },
+            Admission::Proceed {
+                attempt: 3,
+                interrupted: true
+            },
+            Admission::Conflict,
+        ]
+    );
+    assert_eq!(batch_admissions, single_admissions);
+
+    for (single, batch) in singles.iter().zip(&batched) {
+        let mut single = get(&s, single.id).await;
+        let mut batch = get(&s, batch.id).await;
+        single.id = Uuid::nil();
+        batch.id = Uuid::nil();
+        assert_eq!(single, batch);
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Backend-independent
+
+#[tokio::test]
+async fn unreachable_postgres_is_unavailable_within_the_acquire_timeout() {
+    let config = StoreConfig {
+        url: "postgres://drover:drover@127.0.0.1:1/drover".into(),
+        acquire_timeout_ms: 1000,
+        ..StoreConfig::default()
+    };
+    let started = Instant::now();
+    let err = Store::connect(&config)
+        .await
+        .expect_err("nothing listens on port 1");
+    let elapsed = started.elapsed();
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(elapsed < Duration::from_millis(3000), "took {elapsed:?}");
+}
+
+#[tokio::test]
+async fn unopenable_sqlite_is_unavailable() {
+    let dir = std::env::temp_dir().join(format!("drover-missing-{}", Uuid::new_v4().simple()));
+    let config = StoreConfig {
+        url: format!("sqlite://{}/drover.db?mode=rwc", dir.display()),
+        acquire_timeout_ms: 1000,
+        ..StoreConfig::default()
+    };
+    let err = Store::connect(&config)
+        .await
+        .expect_err("the directory does not exist");
+    assert!(err.is_unavailable(), "{err:?}");
+}
+
+#[tokio::test]
+async fn in_memory_sqlite_works_across_connections() {
+    let config = StoreConfig {
+        url: "sqlite::memory:".into(),
+        ..StoreConfig::default()
+    };
+    let s = Store::connect(&config).await.unwrap();
+    let msgs: Vec<OutboundMessage> = (0..20).map(msg).collect();
+    // Concurrent operations use several connections of the pool: they must see one database.
+    let results = futures::future::join_all(msgs.iter().map(|m| s.begin_attempt(m, NOW))).await;
+    assert!(results.into_iter().all(|r| r.unwrap() == proceed(1)));
+    assert_eq!(s.counts_by_status().await.unwrap()["sending"], 20);
+}
+
+#[tokio::test]
+async fn configuration_errors_are_not_unavailable() {
+    let defaults = StoreConfig::default();
+    assert_eq!(defaults.url, "sqlite://drover.db?mode=rwc");
+    assert_eq!(
+        (
+            defaults.max_connections,
+            defaults.acquire_timeout_ms,
+            defaults.schema
+        ),
+        (8, 5000, None)
+    );
+
+    let parsed: StoreConfig =
+        serde_json::from_str(r#"{"url": "postgres://h/db", "schema": "drover"}"#).unwrap();
+    assert_eq!(parsed.max_connections, 8);
+    assert_eq!(parsed.schema.as_deref(), Some("drover"));
+    assert!(
+        serde_json::from_str::<StoreConfig>(r#"{"uri": "x"}"#).is_err(),
+        "unknown fields are rejected"
+    );
+
+    let cases = [
+        StoreConfig {
+            url: "mysql://localhost/drover".into(),
+            ..StoreConfig::default()
+        },
+        StoreConfig {
+            schema: Some("drover".into()),
+            ..StoreConfig::default()
+        },
+        StoreConfig {
+            url: "postgres://drover:drover@127.0.0.1:1/drover".into(),
+            schema: Some("Robert'); DROP TABLE students;--".into()),
+            ..StoreConfig::default()
+        },
+        StoreConfig {
+            max_connections: 0,
+            ..StoreConfig::default()
+        },
+    ];
+    for config in cases {
+        let err = Store::connect(&config)
+            .await
+            .expect_err("bad configuration");
+        assert!(matches!(err, StoreError::Config(_)), "{config:?}: {err:?}");
+        assert!(!err.is_unavailable());
+    }
+}
+
+/// The store's futures can be spawned and held across `.await` in actors (compile-time check).
+#[allow(dead_code)]
+fn store_futures_are_send(store: &Store, m: &OutboundMessage, o: &AttemptOutcome) {
+    fn is_send<T: Send>(_: T) {}
+    is_send(Store::connect(&StoreConfig::default()));
+    is_send(store.ping());
+    is_send(store.begin_attempt(m, 0));
+    is_send(store.begin_attempts(std::slice::from_ref(m), 0));
+    is_send(store.record_outcome(m.id, 1, o, 0));
+    is_send(store.record_outcomes(&[], 0));
+    is_send(store.record_invalid(None, None, b"", "", 0));
+    is_send(store.claim_due(0, 0, 1));
+    is_send(store.release_claims(&[]));
+    is_send(store.next_due_at());
+    is_send(store.retry(m.id, 0));
+    is_send(store.get(m.id));
+    is_send(store.counts_by_status());
+}
