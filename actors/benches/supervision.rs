@@ -14,8 +14,9 @@
 //! 2. **Spawn-and-stop throughput**: N workers that stop themselves in `post_start`, started
 //!    by sequential awaited calls from one task through a window of at most
 //!    [`SPAWN_WINDOW`] live workers (a permit taken before each spawn, returned by the
-//!    worker as it exits), the same shape for all three: `start_child` (supervised,
-//!    temporary), `Actor::spawn` (bare ractor), `tokio::spawn` (plain task). The window keeps
+//!    worker as it exits), the same shape for all: `start_child` (supervised, temporary,
+//!    awaiting the supervisor's reply), `start_child_no_reply` (supervised, the hand-over the
+//!    pipeline's consumer uses), `Actor::spawn` (bare ractor), `tokio::spawn` (plain task). The window keeps
 //!    the comparison stable: unbounded, bare ractor piles up thousands of live actors and its
 //!    time varies 2-4x run to run. The clock stops when every worker's `post_stop` (the
 //!    task's body for tokio) has counted down; for the supervisor the time until it has also
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use drover_actors::supervisor::{Backoff, count_children, start_child};
+use drover_actors::supervisor::{Backoff, count_children, start_child, start_child_no_reply};
 use drover_actors::tree::{EventKind, NodeSnapshot};
 use drover_actors::{
     ChildSpec, Intensity, Restart, Strategy, Supervisor, SupervisorArgs, SupervisorMessage,
@@ -396,6 +397,8 @@ enum Variant {
     Supervised,
     Ractor,
     Tokio,
+    /// `start_child_no_reply`: the hand-over the pipeline's consumer uses.
+    SupervisedNoReply,
 }
 
 impl Variant {
@@ -404,6 +407,7 @@ impl Variant {
             Variant::Supervised => "supervised start_child",
             Variant::Ractor => "bare ractor Actor::spawn",
             Variant::Tokio => "plain tokio::spawn",
+            Variant::SupervisedNoReply => "supervised no-reply start",
         }
     }
 }
@@ -436,6 +440,32 @@ fn cpu_since(start: Option<Duration>) -> Option<Duration> {
 async fn spawn_round(variant: Variant, n: usize, window: usize) -> BenchResult<SpawnRun> {
     let done = Done::new(n, window);
     match variant {
+        Variant::SupervisedNoReply => {
+            let tree = Tree::new();
+            let d = done.clone();
+            let template = ChildSpec::worker("blip", move |_| (Blip { done: d.clone() }, ()))
+                .restart(Restart::Temporary);
+            let spec = SupervisorSpec::new(Strategy::OneForOne, intensity()).dynamic(template, n);
+            let sup = spawn_root(spec, &tree).await?;
+            let cpu0 = process_cpu();
+            let t0 = Instant::now();
+            let run: BenchResult<SpawnRun> = async {
+                for i in 0..n {
+                    done.admit().await?;
+                    start_child_no_reply(&sup, ())
+                        .map_err(|e| format!("start_child_no_reply #{i} failed: {e}"))?;
+                }
+                done.wait().await?;
+                Ok(SpawnRun {
+                    done: t0.elapsed(),
+                    drained: None,
+                    cpu: cpu_since(cpu0),
+                })
+            }
+            .await;
+            stop_root(sup).await?;
+            run
+        }
         Variant::Supervised => {
             let tree = Tree::new();
             let d = done.clone();
@@ -519,9 +549,9 @@ async fn spawn_round(variant: Variant, n: usize, window: usize) -> BenchResult<S
 
 struct SpawnStats {
     /// Per variant (Supervised, Ractor, Tokio): the measured rounds.
-    rounds: [Vec<Duration>; 3],
+    rounds: [Vec<Duration>; 4],
     /// Per variant: CPU time of each measured round (empty where not measurable).
-    cpu: [Vec<Duration>; 3],
+    cpu: [Vec<Duration>; 4],
     drained: Vec<Duration>,
     /// Diagnostic: wall and CPU time of one `count_children` round trip to an idle
     /// supervisor, the request/response hop every `start_child` also pays.
@@ -557,13 +587,18 @@ fn median(v: &[Duration]) -> Duration {
 }
 
 async fn spawn_throughput(window: usize) -> BenchResult<SpawnStats> {
-    let all = [Variant::Supervised, Variant::Ractor, Variant::Tokio];
+    let all = [
+        Variant::Supervised,
+        Variant::Ractor,
+        Variant::Tokio,
+        Variant::SupervisedNoReply,
+    ];
     for v in all {
         spawn_round(v, SPAWN_WARMUP_N, window).await?;
     }
     let mut stats = SpawnStats {
-        rounds: [Vec::new(), Vec::new(), Vec::new()],
-        cpu: [Vec::new(), Vec::new(), Vec::new()],
+        rounds: [Vec::new(), Vec::new(), Vec::new(), Vec::new()],
+        cpu: [Vec::new(), Vec::new(), Vec::new(), Vec::new()],
         drained: Vec::new(),
         call_wall: Duration::ZERO,
         call_cpu: None,
@@ -839,7 +874,12 @@ async fn bench_spawn(rows: &mut Vec<Row>) {
     )
     .await
     {
-        let all = [Variant::Supervised, Variant::Ractor, Variant::Tokio];
+        let all = [
+            Variant::Supervised,
+            Variant::Ractor,
+            Variant::Tokio,
+            Variant::SupervisedNoReply,
+        ];
         let med: Vec<Duration> = s.rounds.iter().map(|r| median(r)).collect();
         for (i, v) in all.iter().enumerate() {
             let per_round: Vec<String> = s.rounds[i]
@@ -867,7 +907,7 @@ async fn bench_spawn(rows: &mut Vec<Row>) {
             .iter()
             .map(|c| (!c.is_empty()).then(|| us(median(c)) / SPAWN_N as f64))
             .collect();
-        if let [Some(sup), Some(rac), Some(tok)] = cpu_per_op[..] {
+        if let [Some(sup), Some(rac), Some(tok), _] = cpu_per_op[..] {
             println!(
                 "   CPU per spawn+stop (all threads, median round): supervised {sup:.2} us, bare ractor {rac:.2} us, tokio {tok:.2} us; supervised/bare-ractor CPU = {:.2}x",
                 sup / rac
@@ -921,6 +961,17 @@ async fn bench_spawn(rows: &mut Vec<Row>) {
             format!("{r_ractor:.2}x"),
             "<= 1.50x",
             verdict(r_ractor <= SPAWN_TARGET_RATIO),
+        ));
+        let r_no_reply = med[3].as_secs_f64() / med[1].as_secs_f64();
+        println!(
+            "   time ratio supervised no-reply start (the consumer's hand-over)/bare-ractor = {r_no_reply:.2}x  [{}]",
+            verdict(r_no_reply <= SPAWN_TARGET_RATIO)
+        );
+        rows.push(row(
+            "spawn+stop time no-reply start/bare-ractor",
+            format!("{r_no_reply:.2}x"),
+            "<= 1.50x",
+            verdict(r_no_reply <= SPAWN_TARGET_RATIO),
         ));
         rows.push(row(
             "spawn+stop time supervised(drained)/bare-ractor",

@@ -170,6 +170,12 @@ pub enum SupervisorMessage {
         args: DynArgs,
         reply: RpcReplyPort<Result<StartedChild, SupervisorError>>,
     },
+    /// Start a dynamic child with these arguments and answer nobody: for callers that hand
+    /// work over and need no reply (the arguments are dropped if the start fails, which is
+    /// how a per-delivery worker's delivery goes back to its queue).
+    StartChildNoReply {
+        args: DynArgs,
+    },
     /// Stop a child (by id) with its shutdown policy; it is not restarted. Dynamic children
     /// are removed; static ones stay `stopped`.
     TerminateChild {
@@ -1035,6 +1041,11 @@ impl Actor for Supervisor {
                 let result = start_dynamic(&myself, state, args).await;
                 let _ = reply.send(result);
             }
+            SupervisorMessage::StartChildNoReply { args } => {
+                if let Err(e) = start_dynamic(&myself, state, args).await {
+                    tracing::warn!(supervisor = %state.path, error = %e, "dynamic child not started");
+                }
+            }
             SupervisorMessage::TerminateChild { id, reply } => {
                 let result = match state.child_key_by_id(&id) {
                     None => Err(SupervisorError::NoSuchChild(id)),
@@ -1260,6 +1271,18 @@ pub async fn start_child<T: std::any::Any + Send + Sync>(
     let args: DynArgs = Arc::new(args);
     ractor::call!(sup, |reply| SupervisorMessage::StartChild { args, reply })
         .map_err(|e| SupervisorError::Unreachable(e.to_string()))?
+}
+
+/// Start a dynamic child of `sup` with `args` without waiting for it: `Ok` means the request
+/// was handed to the supervisor. Failures to start are logged by the supervisor and drop
+/// `args`.
+pub fn start_child_no_reply<T: std::any::Any + Send + Sync>(
+    sup: &ActorRef<SupervisorMessage>,
+    args: T,
+) -> Result<(), SupervisorError> {
+    let args: DynArgs = Arc::new(args);
+    sup.send_message(SupervisorMessage::StartChildNoReply { args })
+        .map_err(|e| SupervisorError::Unreachable(e.to_string()))
 }
 
 /// Stop one child of `sup` by id.
