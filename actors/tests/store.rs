@@ -187,10 +187,58 @@ on_both_backends!(
     record_invalid_with_and_without_id,
     batch_variants_match_single_ones,
     sending_lease_separates_in_flight_from_interrupted,
+    group_commit_gives_each_caller_its_own_committed_answer,
 );
 
 // -------------------------------------------------------------------------------------------
 // Helpers
+
+/// Group commit: many concurrent callers, few transactions, the same answers as direct calls,
+/// each committed before its call returns.
+async fn group_commit_gives_each_caller_its_own_committed_answer(db: &TestDb) {
+    let store = db
+        .store()
+        .await
+        .with_sending_lease(30_000)
+        .with_group_commit(16, 2);
+    let msgs: Vec<OutboundMessage> = (1..=40).map(msg).collect();
+    let admissions =
+        futures::future::join_all(msgs.iter().map(|m| store.begin_attempt(m, NOW))).await;
+    for a in &admissions {
+        assert_eq!(a.as_ref().unwrap(), &proceed(1));
+    }
+    // The same message twice at once: one attempt proceeds, the other sees it in flight.
+    let (a, b) = tokio::join!(
+        store.begin_attempt(&msgs[0], NOW + 1),
+        store.begin_attempt(&msgs[0], NOW + 1)
+    );
+    let both = [a.unwrap(), b.unwrap()];
+    assert!(
+        both.iter().all(|x| matches!(x, Admission::InFlight { .. })),
+        "{both:?}"
+    );
+    let outcomes = futures::future::join_all(msgs.iter().map(|m| {
+        let store = store.clone();
+        async move {
+            store
+                .record_outcome(m.id, 1, &sent(&format!("SM{}", m.id.simple())), NOW + 2)
+                .await
+        }
+    }))
+    .await;
+    assert!(outcomes.iter().all(Result::is_ok));
+    // Committed: a store without batching sees every outcome.
+    let direct = db.store().await;
+    let counts = direct.counts_by_status().await.unwrap();
+    assert_eq!(counts["sent"], 40, "{counts:?}");
+    assert_eq!(
+        get(&direct, msgs[7].id)
+            .await
+            .provider_message_id
+            .as_deref(),
+        Some(format!("SM{}", msgs[7].id.simple()).as_str())
+    );
+}
 
 /// With a sending lease, a message `sending` since less than the lease is in flight elsewhere
 /// (no second attempt); after the lease it is an interrupted attempt and proceeds.

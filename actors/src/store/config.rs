@@ -19,6 +19,12 @@ pub struct StoreConfig {
     /// on every connection's `search_path`. A plain lowercase identifier (`[a-z_][a-z0-9_]*`,
     /// at most 63 bytes). Unset: the server's default `search_path` (usually `public`).
     pub schema: Option<String>,
+    /// Group commit: admissions and outcomes of concurrent workers share transactions of at
+    /// most this many (0 = one transaction per call). Every worker still waits for the
+    /// commit of its own call before it acks.
+    pub group_commit_max_batch: usize,
+    /// Group commit: at most this many batch transactions at once.
+    pub group_commit_in_flight: usize,
 }
 
 impl Default for StoreConfig {
@@ -28,6 +34,8 @@ impl Default for StoreConfig {
             max_connections: 8,
             acquire_timeout_ms: 5000,
             schema: None,
+            group_commit_max_batch: 64,
+            group_commit_in_flight: 2,
         }
     }
 }

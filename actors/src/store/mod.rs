@@ -32,6 +32,7 @@
 //! Ids are stored as canonical UUID text in both backends. Migrations (under
 //! `actors/migrations/`) are embedded in the binary and applied by [`Store::connect`].
 
+mod batch;
 mod config;
 mod db;
 mod error;
@@ -64,9 +65,24 @@ pub struct Store {
     /// A `sending` row younger than this is in flight elsewhere (0: every `sending` row is
     /// an interrupted attempt).
     sending_lease_ms: i64,
+    /// Group commit of admissions and outcomes, when enabled.
+    batcher: Option<batch::GroupCommit>,
 }
 
 impl Store {
+    /// Batch [`Store::begin_attempt`] and [`Store::record_outcome`] calls from concurrent
+    /// callers into shared transactions (group commit): at most `max_batch` per transaction,
+    /// `in_flight` transactions at once. Every caller still returns only after the commit
+    /// that holds its own call. Needs a tokio runtime (it spawns the batcher).
+    pub fn with_group_commit(mut self, max_batch: usize, in_flight: usize) -> Self {
+        let direct = Store {
+            batcher: None,
+            ..self.clone()
+        };
+        self.batcher = Some(batch::GroupCommit::spawn(direct, max_batch, in_flight));
+        self
+    }
+
     /// Treat a message found `sending` for less than `lease_ms` as being sent by another
     /// worker right now ([`Admission::InFlight`]) rather than as an interrupted attempt: the
     /// lease must exceed the longest attempt (provider timeout plus database round trips).
@@ -110,6 +126,7 @@ impl Store {
         let store = Store {
             pool,
             sending_lease_ms: 0,
+            batcher: None,
         };
         tracing::info!(
             backend = store.backend(),
@@ -156,6 +173,17 @@ impl Store {
         msg: &OutboundMessage,
         now_ms: i64,
     ) -> Result<Admission, StoreError> {
+        match &self.batcher {
+            Some(b) => b.begin(msg, now_ms).await,
+            None => self.begin_attempt_direct(msg, now_ms).await,
+        }
+    }
+
+    async fn begin_attempt_direct(
+        &self,
+        msg: &OutboundMessage,
+        now_ms: i64,
+    ) -> Result<Admission, StoreError> {
         let mut tx = self.pool.begin(Mode::Write).await?;
         let admission = ops::begin_one(&mut tx, msg, now_ms, self.sending_lease_ms).await?;
         tx.commit().await?;
@@ -195,6 +223,22 @@ impl Store {
     /// logged, and the result is still `Ok(())`: the report is stale and there is nothing the
     /// caller could do about it. [`Store::get`] shows what happened.
     pub async fn record_outcome(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        outcome: &AttemptOutcome,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        match &self.batcher {
+            Some(b) => b.record(id, attempt, outcome, now_ms).await,
+            None => {
+                self.record_outcome_direct(id, attempt, outcome, now_ms)
+                    .await
+            }
+        }
+    }
+
+    async fn record_outcome_direct(
         &self,
         id: Uuid,
         attempt: u32,
