@@ -73,6 +73,7 @@ impl TestDb {
                     max_connections: 4,
                     acquire_timeout_ms: 10_000,
                     schema: Some(format!("drover_test_{unique}")),
+                    ..StoreConfig::default()
                 },
                 sqlite_path: None,
                 connected: AtomicBool::new(false),
@@ -86,6 +87,7 @@ impl TestDb {
                         max_connections: 4,
                         acquire_timeout_ms: 10_000,
                         schema: None,
+                        ..StoreConfig::default()
                     },
                     sqlite_path: Some(path),
                     connected: AtomicBool::new(false),
