@@ -128,6 +128,25 @@ impl Config {
     }
 }
 
+/// A string key whose environment value may look like a number or a boolean to the
+/// environment provider (`DROVER_ADMIN__TOKEN=12345`): taken as the text it was.
+pub fn verbatim_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Verbatim {
+        Text(String),
+        Int(i128),
+        Float(f64),
+        Bool(bool),
+    }
+    Ok(match Verbatim::deserialize(d)? {
+        Verbatim::Text(s) => s,
+        Verbatim::Int(i) => i.to_string(),
+        Verbatim::Float(f) => f.to_string(),
+        Verbatim::Bool(b) => b.to_string(),
+    })
+}
+
 /// `scheme://user:password@host` -> `scheme://user:<redacted>@host`.
 fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -181,6 +200,13 @@ mod tests {
             assert_eq!(c.supervision.backoff.min_ms, 7);
             assert!(!c.redacted_toml().contains("\"file\""));
             assert!(c.redacted_toml().contains("<redacted>"));
+
+            jail.set_env("DROVER_ADMIN__TOKEN", "12345");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                c.admin.token, "12345",
+                "a digit-only token is still a token"
+            );
 
             jail.set_env("DROVER_HTTP__BOGUS", "1");
             let err = Config::load(None).unwrap_err().to_string();

@@ -8,9 +8,22 @@
 //! | `GET /status` | the whole tree as JSON; `?format=text` for a terminal |
 //! | `POST /actors/{path}/kill` | kill the actor at `path` (admin: bearer token + switch) |
 //! | `POST /messages` | accept a message (the contract of `drover_actors::message`): validated, published to the work queue with a confirm; 202 with its id |
+//! | `GET /livez` | 200 while the root supervisor is alive, else 503 |
+//! | `GET /readyz` | `application/health+json`: database, broker, scheduler (decide readiness) and the provider's circuit (only warns) |
+//! | `GET /metrics` | Prometheus text format (see [`crate::metrics`]) |
+//! | `GET /messages/{id}` | a message's state and attempt history |
+//! | `POST /messages/{id}/retry` | put a failed message back into play (admin) |
+//! | `POST /failed/redrive` | re-drive the failed queue, rate-limited; `?dry_run=true` reports what it would (admin) |
+//! | `POST /consumption/pause`, `POST /consumption/resume` | stop / resume taking deliveries (admin) |
+//!
+//! The probes (`/livez`, `/readyz`, `/metrics`) answer from cached state only. The other routes
+//! may message an actor or query a dependency, always under a timeout.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+
+use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -21,10 +34,24 @@ use axum::routing::{get, post};
 use drover_actors::broker::{Outgoing, Route};
 use drover_actors::message::{Envelope, parse};
 use drover_actors::pipeline::Pipeline;
-use drover_actors::pipeline::broker::publish;
-use drover_actors::tree::{LookupError, NodeSnapshot, Tree, TreeSnapshot};
+use drover_actors::pipeline::broker::{ConsumerMessage, broker_of, publish};
+use drover_actors::pipeline::ops::{RedriveRefused, circuit_level};
+use drover_actors::pipeline::scheduler::SchedulerMessage;
+use drover_actors::pipeline::store_worker::store_of;
+use drover_actors::provider::CircuitState;
+use drover_actors::tree::{LookupError, NodeSnapshot, NodeStatus, Tree, TreeSnapshot};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::metrics::Metrics;
+
+/// Content type of `/livez` and `/readyz` (draft-inadarei-api-health-check).
+pub const HEALTH_JSON: &str = "application/health+json";
+/// Content type of `/metrics`.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// How long an admin route waits for an actor or a dependency.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `[http]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,16 +59,22 @@ use serde_json::json;
 pub struct HttpConfig {
     /// Listen address.
     pub addr: SocketAddr,
+    /// Sample the queues' depths for `/metrics` this often (a scrape never queries the broker).
+    pub queue_sample_ms: u64,
 }
 
 /// `[admin]`.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Bearer token of admin routes; empty refuses everyone.
+    /// Bearer token of admin routes; empty refuses everyone. Taken verbatim even when it
+    /// looks like a number (`DROVER_ADMIN__TOKEN=12345`).
+    #[serde(deserialize_with = "crate::config::verbatim_string")]
     pub token: String,
     /// Destructive admin routes answer 403 unless this is on.
     pub allow_destructive_actions: bool,
+    /// `POST /failed/redrive` answers 429 within this time of the last re-drive's start.
+    pub redrive_cooldown_ms: u64,
 }
 
 impl std::fmt::Debug for AdminConfig {
@@ -49,6 +82,7 @@ impl std::fmt::Debug for AdminConfig {
         f.debug_struct("AdminConfig")
             .field("token", &"<redacted>")
             .field("allow_destructive_actions", &self.allow_destructive_actions)
+            .field("redrive_cooldown_ms", &self.redrive_cooldown_ms)
             .finish()
     }
 }
@@ -58,18 +92,42 @@ struct AppState {
     tree: Tree,
     admin: AdminConfig,
     pipeline: Option<Pipeline>,
+    metrics: Metrics,
 }
 
-/// The router over a live tree (and its pipeline, for `POST /messages`).
+/// The router over a live tree (and its pipeline, for the message and admin routes), with a
+/// metrics recorder of its own: the pipeline's counters show only if they were registered
+/// with it, so an application serves [`router_with_metrics`] (see `App::router`).
 pub fn router(tree: Tree, admin: AdminConfig, pipeline: Option<Pipeline>) -> Router {
+    router_with_metrics(tree, admin, pipeline, Metrics::new())
+}
+
+/// The router, rendering `/metrics` from `metrics` (the recorder the pipeline's counters are
+/// bound to).
+pub fn router_with_metrics(
+    tree: Tree,
+    admin: AdminConfig,
+    pipeline: Option<Pipeline>,
+    metrics: Metrics,
+) -> Router {
     Router::new()
         .route("/status", get(status))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .route("/actors/{*rest}", post(actor_action))
         .route("/messages", post(accept_message))
+        .route("/messages/{id}", get(get_message))
+        .route("/messages/{id}/retry", post(retry_message))
+        .route("/failed/redrive", post(redrive))
+        .route("/consumption/pause", post(pause))
+        .route("/consumption/resume", post(resume))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .with_state(AppState {
             tree,
             admin,
             pipeline,
+            metrics,
         })
 }
 
@@ -207,6 +265,446 @@ async fn actor_action(
             error(StatusCode::NOT_FOUND, &format!("no actor at `{path}`"))
         }
         Err(e) => error(StatusCode::CONFLICT, &format!("`{path}`: {e}")),
+    }
+}
+
+// ---- probes: cached state only ----------------------------------------------------------------
+
+fn health(code: StatusCode, body: Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, HEALTH_JSON)],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// The root supervisor is alive: its record says running, its actor is alive, it has not given
+/// up.
+fn root_alive(tree: &Tree) -> Result<(), String> {
+    if let Some(reason) = tree.gave_up() {
+        return Err(format!("the root supervisor gave up: {reason}"));
+    }
+    tree.lookup(crate::ROOT)
+        .map(|_| ())
+        .map_err(|e| format!("the root supervisor is not running: {e}"))
+}
+
+/// `GET /livez`: the process answers and the root supervisor is alive. Checks nothing
+/// external.
+async fn livez(State(app): State<AppState>) -> Response {
+    match root_alive(&app.tree) {
+        Ok(()) => health(StatusCode::OK, json!({ "status": "pass" })),
+        Err(why) => health(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "status": "fail", "output": why }),
+        ),
+    }
+}
+
+/// One node's check: `pass` while it is running (and its actor alive), else `fail`.
+fn node_check(tree: &Tree, snap: &TreeSnapshot, path: &str) -> Value {
+    let Some(n) = snap.find(path) else {
+        return json!({ "componentId": path, "status": "fail", "output": "no such actor" });
+    };
+    let alive = n.status == NodeStatus::Running && tree.lookup(path).is_ok();
+    let status = serde_json::to_value(n.status).unwrap_or(Value::Null);
+    let status = status.as_str().unwrap_or("unknown");
+    let mut output = if alive {
+        format!(
+            "running (generation {}, {} restarts)",
+            n.generation, n.restarts
+        )
+    } else if n.status == NodeStatus::Running {
+        "exited; its supervisor is handling it".to_string()
+    } else {
+        status.to_string()
+    };
+    if let Some(ms) = n.next_restart_in_ms.filter(|_| !alive) {
+        let _ = write!(output, "; next restart in {ms} ms");
+    }
+    if let Some(e) = n.last_exits.last().filter(|_| !alive) {
+        let _ = write!(output, "; last exit {:?}: {}", e.class, e.reason);
+    }
+    json!({
+        "componentId": path,
+        "componentType": "component",
+        "status": if alive { "pass" } else { "fail" },
+        "output": output,
+    })
+}
+
+fn circuit_check(p: &Pipeline, tree: &Tree) -> Value {
+    let path = p.path("provider");
+    let now = p.clock.now_ms();
+    let (status, output, level) = match p.ops.circuit() {
+        None => ("warn", "the provider has not started yet".to_string(), None),
+        Some(c) => {
+            let level = circuit_level(&c, now);
+            let output = match &c {
+                CircuitState::Closed {
+                    consecutive_failures,
+                } => format!("circuit closed ({consecutive_failures} failures in a row)"),
+                CircuitState::Open {
+                    retry_at_ms,
+                    reason,
+                    ..
+                } if level == 2 => format!(
+                    "circuit open ({reason}): a probe in {} ms",
+                    retry_at_ms - now
+                ),
+                CircuitState::Open { reason, .. } | CircuitState::HalfOpen { reason, .. } => {
+                    format!("circuit half-open ({reason}): probing")
+                }
+            };
+            (
+                if level == 0 { "pass" } else { "warn" },
+                output,
+                Some(level),
+            )
+        }
+    };
+    let (status, output) = match tree.lookup(&path) {
+        Ok(_) => (status, output),
+        Err(e) => ("warn", format!("{output}; the provider actor: {e}")),
+    };
+    json!({
+        "componentId": path,
+        "componentType": "component",
+        "observedValue": level,
+        "observedUnit": "circuit (0 closed, 1 half-open, 2 open)",
+        "status": status,
+        "output": output,
+    })
+}
+
+/// `GET /readyz` (`application/health+json`): the database, the broker (connection and
+/// consumer) and the scheduler decide readiness (any `fail` -> 503); the provider's circuit
+/// only warns.
+async fn readyz(State(app): State<AppState>) -> Response {
+    let snap = app.tree.snapshot();
+    let mut checks = serde_json::Map::new();
+    if let Err(why) = root_alive(&app.tree) {
+        checks.insert(
+            "root".into(),
+            json!([{ "componentId": crate::ROOT, "status": "fail", "output": why }]),
+        );
+    }
+    if let Some(p) = &app.pipeline {
+        let tree = &app.tree;
+        let mut database = node_check(tree, &snap, &p.path("store"));
+        if let Some(ping) = p.ops.store_ping() {
+            let ago = p.clock.now_ms().saturating_sub(ping.at_ms);
+            let line = match &ping.error {
+                None => format!("; last ping ok {ago} ms ago ({} ms)", ping.latency_ms),
+                Some(e) => format!("; last ping failed {ago} ms ago: {e}"),
+            };
+            if let Some(Value::String(o)) = database.get_mut("output") {
+                o.push_str(&line);
+            }
+        }
+        let connection = node_check(tree, &snap, &p.path("broker/connection"));
+        let mut consumer = node_check(tree, &snap, &p.path("broker/consumer"));
+        if p.ops.consumption_paused() {
+            if let Some(Value::String(o)) = consumer.get_mut("output") {
+                o.push_str("; consumption paused by an operator");
+            }
+        }
+        checks.insert("database".into(), json!([database]));
+        checks.insert("broker".into(), json!([connection, consumer]));
+        checks.insert(
+            "scheduler".into(),
+            json!([node_check(tree, &snap, &p.path("scheduler"))]),
+        );
+        checks.insert("provider".into(), json!([circuit_check(p, tree)]));
+    }
+    let worst = checks
+        .values()
+        .flat_map(|v| v.as_array().into_iter().flatten())
+        .map(|c| match c["status"].as_str() {
+            Some("fail") => 2,
+            Some("warn") => 1,
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0);
+    let (code, status) = match worst {
+        2 => (StatusCode::SERVICE_UNAVAILABLE, "fail"),
+        1 => (StatusCode::OK, "warn"),
+        _ => (StatusCode::OK, "pass"),
+    };
+    health(code, json!({ "status": status, "checks": checks }))
+}
+
+/// `GET /metrics`: Prometheus text format, from cached state.
+async fn metrics_text(State(app): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+        app.metrics.render(&app.tree, app.pipeline.as_ref()),
+    )
+        .into_response()
+}
+
+// ---- messages and admin routes ------------------------------------------------------------------
+
+/// An error answer, rendered as `{"error": …}`.
+#[derive(Debug)]
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.0, &self.1)
+    }
+}
+
+fn pipeline_of(app: &AppState) -> Result<&Pipeline, Refusal> {
+    app.pipeline.as_ref().ok_or_else(|| {
+        Refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no delivery pipeline in this process".into(),
+        )
+    })
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, Refusal> {
+    Uuid::parse_str(raw)
+        .map_err(|_| Refusal(StatusCode::BAD_REQUEST, format!("`{raw}` is not a UUID")))
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+}
+
+/// `GET /messages/{id}`: the message's state and attempt history.
+async fn get_message(State(app): State<AppState>, Path(raw): Path<String>) -> Response {
+    let id = match parse_id(&raw) {
+        Ok(id) => id,
+        Err(r) => return r.into_response(),
+    };
+    let p = match pipeline_of(&app) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    let found = tokio::time::timeout(ADMIN_TIMEOUT, async {
+        let store = store_of(p).await.map_err(|e| e.to_string())?;
+        store.get(id).await.map_err(|e| e.to_string())
+    })
+    .await;
+    match found {
+        Ok(Ok(Some(record))) => axum::Json(record).into_response(),
+        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, &format!("no message {id}")),
+        Ok(Err(e)) => unavailable(format!("the store: {e}")),
+        Err(_) => unavailable("the store did not answer in time"),
+    }
+}
+
+/// `POST /messages/{id}/retry` (admin): a failed message back into play.
+async fn retry_message(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err((code, why)) = authorize_destructive(&headers, &app.admin) {
+        return error(code, why);
+    }
+    let id = match parse_id(&raw) {
+        Ok(id) => id,
+        Err(r) => return r.into_response(),
+    };
+    let p = match pipeline_of(&app) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    let scheduler = match p.scheduler() {
+        Ok(s) => s,
+        Err(e) => return unavailable(e),
+    };
+    let answer = ractor::call_t!(
+        scheduler,
+        |reply| SchedulerMessage::Retry { id, reply },
+        ADMIN_TIMEOUT.as_millis() as u64
+    );
+    match answer {
+        Ok(Ok(true)) => {
+            tracing::warn!(%id, "failed message put back into play on operator request");
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({ "retried": id, "status": "retry_scheduled" })),
+            )
+                .into_response()
+        }
+        Ok(Ok(false)) => {
+            // Say why, if the store answers quickly; 404 either way.
+            let status = tokio::time::timeout(Duration::from_secs(2), async {
+                store_of(p).await.ok()?.get(id).await.ok().flatten()
+            })
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.status);
+            let why = match status {
+                Some(s) => {
+                    format!("message {id} is {s}, not failed: only failed messages are retried")
+                }
+                None => format!("no message {id}"),
+            };
+            error(StatusCode::NOT_FOUND, &why)
+        }
+        Ok(Err(e)) => unavailable(format!("retry failed: {e}")),
+        Err(e) => unavailable(format!("the scheduler did not answer: {e}")),
+    }
+}
+
+/// `POST /failed/redrive[?dry_run=true]` (admin).
+async fn redrive(
+    State(app): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err((code, why)) = authorize_destructive(&headers, &app.admin) {
+        return error(code, why);
+    }
+    let dry_run = match q.get("dry_run").map(String::as_str) {
+        None | Some("false" | "0") => false,
+        Some("true" | "1" | "") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("dry_run must be true or false, not `{other}`"),
+            );
+        }
+    };
+    let p = match pipeline_of(&app) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    let queue = p.config.broker.failed_queue.clone();
+    if dry_run {
+        let stats = tokio::time::timeout(ADMIN_TIMEOUT, async {
+            let broker = broker_of(p).await.map_err(|e| e.to_string())?;
+            broker.queue_stats(&queue).await.map_err(|e| e.to_string())
+        })
+        .await;
+        return match stats {
+            Ok(Ok(s)) => axum::Json(json!({
+                "dry_run": true,
+                "queue": queue,
+                "depth": s.ready,
+                // Transient failures go back into play; permanent ones back to the failed queue.
+                "would_redrive_at_most": s.ready,
+                "consumers": s.consumers,
+                "redrive": p.ops.redrive_status(),
+            }))
+            .into_response(),
+            Ok(Err(e)) => unavailable(format!("the broker: {e}")),
+            Err(_) => unavailable("the broker did not answer in time"),
+        };
+    }
+    let now = p.clock.now_ms();
+    let previous = match p.ops.reserve_redrive(now, app.admin.redrive_cooldown_ms) {
+        Ok(previous) => previous,
+        Err(refused) => {
+            let (why, after_ms) = match refused {
+                RedriveRefused::Running => ("a re-drive is running".to_string(), 1_000),
+                RedriveRefused::TooSoon { retry_after_ms } => (
+                    format!(
+                        "the last re-drive started less than {} ms ago (admin.redrive_cooldown_ms)",
+                        app.admin.redrive_cooldown_ms
+                    ),
+                    retry_after_ms,
+                ),
+            };
+            let secs = after_ms.div_ceil(1_000).max(1);
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, secs.to_string())],
+                axum::Json(json!({ "error": why, "retry_after_ms": after_ms })),
+            )
+                .into_response();
+        }
+    };
+    let sent = p.scheduler().map_err(|e| e.to_string()).and_then(|s| {
+        s.send_message(SchedulerMessage::Redrive)
+            .map_err(|e| e.to_string())
+    });
+    if let Err(e) = sent {
+        p.ops.cancel_redrive(previous);
+        return unavailable(format!("the scheduler: {e}"));
+    }
+    tracing::warn!(%queue, "failed queue re-drive requested by an operator");
+    let depth = p.ops.queues().get(&queue).map(|s| s.ready);
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({ "redriving": true, "queue": queue, "depth_last_sampled": depth })),
+    )
+        .into_response()
+}
+
+/// `POST /consumption/pause` (admin).
+async fn pause(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err((code, why)) = authorize_destructive(&headers, &app.admin) {
+        return error(code, why);
+    }
+    let p = match pipeline_of(&app) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    let consumer = match p.consumer() {
+        Ok(c) => c,
+        Err(e) => {
+            // Restarting: its next incarnation reads the switch and starts paused.
+            let was = p.ops.set_consumption_paused(true);
+            return (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({ "paused": true, "was_paused": was, "note": e.to_string() })),
+            )
+                .into_response();
+        }
+    };
+    match ractor::call_t!(
+        consumer,
+        ConsumerMessage::Pause,
+        ADMIN_TIMEOUT.as_millis() as u64
+    ) {
+        Ok(was_consuming) => {
+            axum::Json(json!({ "paused": true, "was_paused": !was_consuming })).into_response()
+        }
+        Err(e) => unavailable(format!("the consumer did not answer: {e}")),
+    }
+}
+
+/// `POST /consumption/resume` (admin).
+async fn resume(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err((code, why)) = authorize_destructive(&headers, &app.admin) {
+        return error(code, why);
+    }
+    let p = match pipeline_of(&app) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    let consumer = match p.consumer() {
+        Ok(c) => c,
+        Err(e) => {
+            let was = p.ops.set_consumption_paused(false);
+            return (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({ "paused": false, "was_paused": was, "note": e.to_string() })),
+            )
+                .into_response();
+        }
+    };
+    match ractor::call_t!(
+        consumer,
+        ConsumerMessage::Resume,
+        ADMIN_TIMEOUT.as_millis() as u64
+    ) {
+        Ok(Ok(was_paused)) => {
+            axum::Json(json!({ "paused": false, "was_paused": was_paused })).into_response()
+        }
+        Ok(Err(e)) => unavailable(format!(
+            "could not resume: {e} (the consumer restarts and consumes)"
+        )),
+        Err(e) => unavailable(format!("the consumer did not answer: {e}")),
     }
 }
 

@@ -2,13 +2,16 @@
 //!
 //! A self-healing message delivery service, built as an Erlang/OTP-style supervision tree on
 //! `ractor`. This crate holds what runs before the tree starts and after it stops: config
-//! loading ([`config`]), logging ([`telemetry`]), the HTTP status endpoint ([`http`]),
+//! loading ([`config`]), logging ([`telemetry`]), the HTTP status endpoint ([`http`]) and its
+//! metrics ([`metrics`]),
 //! and [`run`], which the thin binary calls and tests call in-process.
 //! Everything inside the tree lives in the `drover-actors` crate.
 
+pub mod cli;
 pub mod config;
 pub mod exit;
 pub mod http;
+pub mod metrics;
 pub mod telemetry;
 
 use std::future::Future;
@@ -17,6 +20,7 @@ use std::time::Duration;
 
 use drover_actors::broker::{Broker, MemoryBroker};
 use drover_actors::clock::Clock;
+use drover_actors::pipeline::ops::{Ops, sample_queues};
 use drover_actors::pipeline::{Pipeline, pipeline_children};
 use drover_actors::provider::Provider;
 use drover_actors::store::Store;
@@ -63,9 +67,18 @@ pub struct App {
     pub tree: Tree,
     pub pipeline: Pipeline,
     pub root: ActorRef<SupervisorMessage>,
+    /// This app's metrics recorder (`GET /metrics`).
+    pub metrics: metrics::Metrics,
+    /// The admin configuration the endpoint was started with.
+    pub admin: http::AdminConfig,
     root_done: JoinHandle<()>,
     http_stop: tokio::sync::oneshot::Sender<()>,
     http_task: JoinHandle<std::io::Result<()>>,
+    /// Samples the queue depths for `/metrics` (none without the pipeline); stops when the
+    /// app is dropped or has served.
+    _sampler: Option<AbortOnDrop>,
+    /// `[pipeline] enabled`: the endpoint serves the pipeline's routes.
+    pipeline_enabled: bool,
 }
 
 /// The startup system check: the database, the broker and the provider must answer within
@@ -112,12 +125,14 @@ pub async fn start(config: Config) -> Result<App, RunError> {
         tracing::info!("startup check passed: database, broker and provider reachable");
     }
     let tree = Tree::new();
+    let metrics = metrics::Metrics::new();
     let pipeline = Pipeline {
         tree: tree.clone(),
         root: ROOT.into(),
         config: config.pipeline(),
         clock: Clock::new(),
         memory,
+        ops: Ops::new(metrics.pipeline_metrics()),
     };
     let (root, root_done) = Actor::spawn(
         None,
@@ -141,7 +156,12 @@ pub async fn start(config: Config) -> Result<App, RunError> {
     let addr = listener
         .local_addr()
         .map_err(|e| RunError::Bind(config.http.addr, e))?;
-    let router = http::router(tree.clone(), config.admin.clone(), Some(pipeline.clone()));
+    let router = http::router_with_metrics(
+        tree.clone(),
+        config.admin.clone(),
+        config.pipeline.enabled.then(|| pipeline.clone()),
+        metrics.clone(),
+    );
     let (http_stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(async move {
         axum::serve(listener, router)
@@ -150,15 +170,52 @@ pub async fn start(config: Config) -> Result<App, RunError> {
             })
             .await
     });
+    let sampler = config
+        .pipeline
+        .enabled
+        .then(|| spawn_queue_sampler(pipeline.clone(), config.http.queue_sample_ms));
     tracing::info!(%addr, "drover is up; GET /status shows the tree");
     Ok(App {
         addr,
         tree,
         pipeline,
         root,
+        metrics,
+        admin: config.admin.clone(),
         root_done,
         http_stop,
         http_task,
+        _sampler: sampler.map(AbortOnDrop),
+        pipeline_enabled: config.pipeline.enabled,
+    })
+}
+
+/// A background task that ends with its owner.
+#[derive(Debug)]
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Every `every_ms`, cache the queues' depths for `/metrics` (which never queries the broker
+/// itself). A failed sample keeps the previous values.
+fn spawn_queue_sampler(p: Pipeline, every_ms: u64) -> JoinHandle<()> {
+    let every = Duration::from_millis(every_ms.max(100));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let bound = every.max(Duration::from_secs(5));
+            match tokio::time::timeout(bound, sample_queues(&p)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "queue depth not sampled"),
+                Err(_) => tracing::debug!("queue depth sample timed out"),
+            }
+        }
     })
 }
 
@@ -192,6 +249,17 @@ impl App {
             tracing::error!(error = %e, "drover stops");
         }
         result
+    }
+
+    /// The HTTP router this app serves (the same state: tree, pipeline, admin, metrics), for
+    /// in-process requests.
+    pub fn router(&self) -> axum::Router {
+        http::router_with_metrics(
+            self.tree.clone(),
+            self.admin.clone(),
+            self.pipeline_enabled.then(|| self.pipeline.clone()),
+            self.metrics.clone(),
+        )
     }
 
     /// Stop gracefully now.

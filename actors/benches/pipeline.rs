@@ -21,8 +21,14 @@
 //!   `UPDATE` the row to `sent` (autocommit), ack. A sqlx pool of the same size as drover's.
 //! * **tasks** (opt-in, `DROVER_BENCH_PHASES=drover,plain,tasks`): the plain consumer's shape,
 //!   but each task calls drover's own `Store::begin_attempt` / `Provider::send` /
-//!   `Store::record_outcome`: the same SQL and HTTP as drover without the actors, to split
-//!   drover's cost into "its SQL" and "its actors".
+//!   `Store::record_outcome` on a store set up as the store worker sets it up (group commit
+//!   included): the same SQL and HTTP as drover without the actors, to split drover's cost
+//!   into "its SQL" and "its actors".
+//! * **batched** (opt-in): no actors either; deliveries are grouped (up to
+//!   `DROVER_BENCH_BATCH`, default prefetch / 2, or what arrives within 1 ms) and each group
+//!   goes through drover's `Store::begin_attempts` (one transaction), concurrent
+//!   `Provider::send`s and `Store::record_outcomes` (one transaction): what group commit
+//!   would give drover.
 //!
 //! In each phase a local axum server on 127.0.0.1:0 plays Twilio (`201 {"sid": ...}` at
 //! once), the work queue is consumed by the system under test, and the harness publishes N
@@ -46,8 +52,14 @@
 //!   `/proc/self/clear_refs`), so `VmHWM` after the phase is that phase's peak; the delta is
 //!   against the RSS at the phase's start.
 //! * **CPU** per phase: this process by thread (`sut` = the system under test's runtime,
-//!   `harness` = publisher, provider server, polling), PostgreSQL and RabbitMQ processes, and
-//!   the whole machine's busy share (from `/proc`).
+//!   `harness` = publisher, provider server, polling, `lapin-io-loop` = lapin's own I/O
+//!   threads), PostgreSQL and RabbitMQ processes, other processes, and the whole machine's busy
+//!   share (from `/proc`). A phase where other processes took more than 10% of the machine is
+//!   flagged. Before each phase the harness runs `CHECKPOINT` and waits (at most
+//!   `DROVER_BENCH_QUIET_WAIT_S`, default 60) for the machine to be under 15% busy.
+//! * **PostgreSQL counters** per message (`pg_stat_database` of the database, `pg_stat_wal`):
+//!   commits, rows inserted / updated, WAL records, bytes and fsyncs. They count every client
+//!   of the server.
 //!
 //! Runtimes: the system under test runs on a multi-thread tokio runtime with 2 workers (what
 //! drover gets on this 2-core machine); the harness on its own 1-worker runtime, the same for
@@ -55,9 +67,13 @@
 //!
 //! Environment: `DROVER_BENCH_MESSAGES` (20000), `DROVER_BENCH_PREFETCH` (64, drover's
 //! default), `DROVER_BENCH_MAX_CONNECTIONS` (8, drover's default pool size, used by every
-//! phase), `DROVER_BENCH_PHASES` (`drover,plain`, in that order), `DROVER_BENCH_LOG`
-//! (`off`; `json` installs drover's production log format, JSON lines at `info`, written to
-//! `/dev/null`).
+//! phase), `DROVER_BENCH_PHASES` (`drover,plain`, in that order; also `tasks`, `batched`),
+//! `DROVER_BENCH_ROUNDS` (1: the phases are run this many times, interleaved, and the summary
+//! shows medians), `DROVER_BENCH_LOG` (`off`; `json` installs drover's production log format,
+//! JSON lines at `info`, written to `/dev/null`), `DROVER_BENCH_GROUP_COMMIT` and
+//! `DROVER_BENCH_GROUP_IN_FLIGHT` (the store's `group_commit_max_batch` / `_in_flight`,
+//! defaults as drover's; `0` = no group commit), `DROVER_BENCH_BATCH`,
+//! `DROVER_BENCH_QUIET_WAIT_S`, `DROVER_BENCH_KEEP`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -92,7 +108,7 @@ use ractor::{Actor, ActorRef};
 use sqlx::AssertSqlSafe;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::runtime::Handle;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use uuid::Uuid;
 
@@ -139,6 +155,7 @@ enum Kind {
     Drover,
     Plain,
     Tasks,
+    Batched,
 }
 
 impl Kind {
@@ -147,6 +164,7 @@ impl Kind {
             Kind::Drover => "drover",
             Kind::Plain => "plain",
             Kind::Tasks => "tasks",
+            Kind::Batched => "batched",
         }
     }
 
@@ -154,7 +172,12 @@ impl Kind {
         match self {
             Kind::Drover => "drover: root supervisor + pipeline_children (actors)",
             Kind::Plain => "plain: lapin + task per delivery + INSERT/POST/UPDATE",
-            Kind::Tasks => "tasks: task per delivery + drover's Store and Provider, no actors",
+            Kind::Tasks => {
+                "tasks: task per delivery + drover's Store (as configured) and Provider, no actors"
+            }
+            Kind::Batched => {
+                "batched: drover's Store batch calls (group commit) + Provider, no actors"
+            }
         }
     }
 
@@ -162,7 +185,7 @@ impl Kind {
     fn table(self) -> &'static str {
         match self {
             Kind::Plain => "plain_messages",
-            Kind::Drover | Kind::Tasks => "messages",
+            Kind::Drover | Kind::Tasks | Kind::Batched => "messages",
         }
     }
 }
@@ -174,9 +197,16 @@ struct Settings {
     database_url: String,
     prefetch: u16,
     max_connections: u32,
+    /// `store.group_commit_max_batch` (0 = one transaction per call).
+    group_commit: usize,
+    /// `store.group_commit_in_flight`.
+    group_in_flight: usize,
     phases: Vec<Kind>,
+    rounds: usize,
+    batch: usize,
     log_json: bool,
     keep: bool,
+    quiet_wait: Duration,
 }
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> BenchResult<T> {
@@ -201,11 +231,17 @@ impl Settings {
                 "drover" => Ok(Kind::Drover),
                 "plain" => Ok(Kind::Plain),
                 "tasks" => Ok(Kind::Tasks),
+                "batched" => Ok(Kind::Batched),
                 other => Err(format!(
-                    "DROVER_BENCH_PHASES: unknown phase {other:?} (drover, plain, tasks)"
+                    "DROVER_BENCH_PHASES: unknown phase {other:?} (drover, plain, tasks, batched)"
                 )),
             })
             .collect::<BenchResult<Vec<Kind>>>()?;
+        let rounds: usize = env_or("DROVER_BENCH_ROUNDS", 1)?;
+        if rounds == 0 || rounds > 20 {
+            return Err("DROVER_BENCH_ROUNDS must be between 1 and 20".into());
+        }
+        let prefetch: u16 = env_or("DROVER_BENCH_PREFETCH", BrokerConfig::default().prefetch)?;
         let log = env_or("DROVER_BENCH_LOG", "off".to_string())?;
         if !matches!(log.as_str(), "off" | "json") {
             return Err(format!("DROVER_BENCH_LOG={log:?}: use off or json"));
@@ -214,14 +250,25 @@ impl Settings {
             messages,
             amqp_url: env_or("DROVER_TEST_AMQP_URL", DEFAULT_AMQP_URL.to_string())?,
             database_url: env_or("DROVER_TEST_DATABASE_URL", DEFAULT_DATABASE_URL.to_string())?,
-            prefetch: env_or("DROVER_BENCH_PREFETCH", BrokerConfig::default().prefetch)?,
+            prefetch,
             max_connections: env_or(
                 "DROVER_BENCH_MAX_CONNECTIONS",
                 StoreConfig::default().max_connections,
             )?,
+            group_commit: env_or(
+                "DROVER_BENCH_GROUP_COMMIT",
+                StoreConfig::default().group_commit_max_batch,
+            )?,
+            group_in_flight: env_or(
+                "DROVER_BENCH_GROUP_IN_FLIGHT",
+                StoreConfig::default().group_commit_in_flight,
+            )?,
             phases,
+            rounds,
+            batch: env_or("DROVER_BENCH_BATCH", (usize::from(prefetch) / 2).max(1))?.max(1),
             log_json: log == "json",
             keep: env_or("DROVER_BENCH_KEEP", 0u8)? != 0,
+            quiet_wait: Duration::from_secs(env_or("DROVER_BENCH_QUIET_WAIT_S", 60u64)?.min(600)),
         })
     }
 }
@@ -265,6 +312,8 @@ impl Names {
             url: s.database_url.clone(),
             max_connections: s.max_connections,
             schema: Some(self.schema.clone()),
+            group_commit_max_batch: s.group_commit,
+            group_commit_in_flight: s.group_in_flight,
             ..StoreConfig::default()
         }
     }
@@ -549,12 +598,15 @@ struct TasksCtx {
     provider: Provider,
     clock: Clock,
     message: MessageConfig,
+    /// `batched` only: most deliveries per group commit.
+    batch: usize,
 }
 
 #[derive(Clone)]
 enum Work {
     Plain(Arc<PlainCtx>),
     Tasks(Arc<TasksCtx>),
+    Batched(Arc<TasksCtx>),
 }
 
 #[derive(Default)]
@@ -562,6 +614,7 @@ struct ConsumerCounters {
     deliveries: AtomicU64,
     redelivered: AtomicU64,
     errors: AtomicU64,
+    batches: AtomicU64,
     first_error: parking_lot::Mutex<Option<String>>,
 }
 
@@ -641,16 +694,62 @@ async fn tasks_handle(ctx: &TasksCtx, body: &[u8]) -> Result<(), String> {
         .map_err(|e| err("record_outcome")(&e))
 }
 
-async fn handle_delivery(work: Work, d: lapin::message::Delivery, counters: Arc<ConsumerCounters>) {
-    let result = match &work {
-        Work::Plain(ctx) => plain_handle(ctx, &d.data).await,
-        Work::Tasks(ctx) => tasks_handle(ctx, &d.data).await,
-    };
+/// The `batched` phase: many deliveries, one transaction for their admissions, concurrent
+/// sends, one transaction for their outcomes.
+async fn batch_handle(ctx: &TasksCtx, batch: &[lapin::message::Delivery]) -> Result<(), String> {
+    let msgs = batch
+        .iter()
+        .map(|d| parse(&d.data, &Envelope::default(), &ctx.message).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let admissions = ctx
+        .store
+        .begin_attempts(&msgs, ctx.clock.now_ms())
+        .await
+        .map_err(|e| err("begin_attempts")(&e))?;
+    let mut to_send = Vec::with_capacity(msgs.len());
+    for (msg, admission) in msgs.iter().zip(admissions) {
+        match admission {
+            Admission::Proceed { attempt, .. } => to_send.push((msg, attempt)),
+            Admission::AlreadySent { .. } => {}
+            other => return Err(format!("unexpected admission {other:?}")),
+        }
+    }
+    let sent = futures::future::join_all(to_send.into_iter().map(|(msg, attempt)| async move {
+        (msg.id, attempt, ctx.provider.send(msg, attempt).await)
+    }))
+    .await;
+    let mut outcomes = Vec::with_capacity(sent.len());
+    for (id, attempt, outcome) in sent {
+        match outcome {
+            SendOutcome::Sent {
+                provider_message_id,
+            } => outcomes.push((
+                id,
+                attempt,
+                AttemptOutcome::Sent {
+                    provider_message_id,
+                    latency_ms: 0,
+                },
+            )),
+            other => return Err(format!("provider: {other}")),
+        }
+    }
+    ctx.store
+        .record_outcomes(&outcomes, ctx.clock.now_ms())
+        .await
+        .map_err(|e| err("record_outcomes")(&e))
+}
+
+async fn settle(
+    d: &lapin::message::Delivery,
+    result: &Result<(), String>,
+    counters: &ConsumerCounters,
+) {
     let settled = match result {
         Ok(()) => d.acker.ack(BasicAckOptions::default()).await,
         Err(e) => {
             counters.errors.fetch_add(1, Ordering::Relaxed);
-            counters.first_error.lock().get_or_insert(e);
+            counters.first_error.lock().get_or_insert(e.clone());
             d.acker
                 .nack(BasicNackOptions {
                     multiple: false,
@@ -666,6 +765,53 @@ async fn handle_delivery(work: Work, d: lapin::message::Delivery, counters: Arc<
             .lock()
             .get_or_insert(format!("settle: {e}"));
     }
+}
+
+/// How long the batcher waits for a batch to fill once it holds a delivery.
+const BATCH_LINGER: Duration = Duration::from_millis(1);
+
+/// Group deliveries (up to `ctx.batch`, or what came within [`BATCH_LINGER`]) and run each
+/// group as a task; the prefetch bounds what is in flight.
+async fn batcher(
+    ctx: Arc<TasksCtx>,
+    mut rx: mpsc::UnboundedReceiver<lapin::message::Delivery>,
+    counters: Arc<ConsumerCounters>,
+) {
+    let mut running = JoinSet::new();
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let linger = tokio::time::sleep(BATCH_LINGER);
+        tokio::pin!(linger);
+        while batch.len() < ctx.batch {
+            tokio::select! {
+                biased;
+                d = rx.recv() => match d {
+                    Some(d) => batch.push(d),
+                    None => break,
+                },
+                _ = &mut linger => break,
+            }
+        }
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+        let (ctx, counters) = (ctx.clone(), counters.clone());
+        running.spawn(async move {
+            let result = batch_handle(&ctx, &batch).await;
+            for d in &batch {
+                settle(d, &result, &counters).await;
+            }
+        });
+        while running.try_join_next().is_some() {}
+    }
+    while running.join_next().await.is_some() {}
+}
+
+async fn handle_delivery(work: Work, d: lapin::message::Delivery, counters: Arc<ConsumerCounters>) {
+    let result = match &work {
+        Work::Plain(ctx) => plain_handle(ctx, &d.data).await,
+        Work::Tasks(ctx) => tasks_handle(ctx, &d.data).await,
+        Work::Batched(_) => Err("batched deliveries go through the batcher".to_string()),
+    };
+    settle(&d, &result, &counters).await;
 }
 
 /// Consume `queue` with `prefetch`, one task per delivery, until `stop`.
@@ -701,6 +847,15 @@ async fn consume(
         .await
         .map_err(|e| err("basic.consume")(&e))?;
     let mut tasks = JoinSet::new();
+    let (batch_tx, batch_rx) = mpsc::unbounded_channel();
+    let batching = match &work {
+        Work::Batched(ctx) => Some(tokio::spawn(batcher(
+            ctx.clone(),
+            batch_rx,
+            counters.clone(),
+        ))),
+        _ => None,
+    };
     let outcome = loop {
         tokio::select! {
             _ = &mut stop => break Ok(()),
@@ -710,7 +865,11 @@ async fn consume(
                     if d.redelivered {
                         counters.redelivered.fetch_add(1, Ordering::Relaxed);
                     }
-                    tasks.spawn(handle_delivery(work.clone(), d, counters.clone()));
+                    if batching.is_some() {
+                        let _ = batch_tx.send(d);
+                    } else {
+                        tasks.spawn(handle_delivery(work.clone(), d, counters.clone()));
+                    }
                 }
                 Some(Err(e)) => break Err(format!("consumer failed: {e}")),
                 None => break Err("consumer ended".to_string()),
@@ -718,8 +877,12 @@ async fn consume(
         }
         while tasks.try_join_next().is_some() {}
     };
+    drop(batch_tx);
     let _ = tokio::time::timeout(STEP_LIMIT, async {
         while tasks.join_next().await.is_some() {}
+        if let Some(b) = batching {
+            let _ = b.await;
+        }
     })
     .await;
     let _ = channel.close(200, "bench over".into()).await;
@@ -744,6 +907,7 @@ fn drover_pipeline(s: &Settings, names: &Names, provider: SocketAddr, clock: Clo
         },
         clock,
         memory: MemoryBroker::default(),
+        ops: Default::default(),
     }
 }
 
@@ -858,7 +1022,7 @@ async fn start_sut(
                 .map_err(|e| err("starting drover")(&e))??;
             Ok(Sut::Drover { root, done, tree })
         }
-        Kind::Plain | Kind::Tasks => {
+        Kind::Plain | Kind::Tasks | Kind::Batched => {
             let (pool, store, work) = if kind == Kind::Plain {
                 let options: PgConnectOptions = s
                     .database_url
@@ -893,21 +1057,38 @@ async fn start_sut(
                 (Some(pool), None, Work::Plain(Arc::new(ctx)))
             } else {
                 let config = names.store_config(s);
+                // As the store worker sets it up (its batcher runs on the sut runtime).
                 let store = sut
-                    .spawn(async move { Store::connect(&config).await })
+                    .spawn(async move {
+                        let store = Store::connect(&config).await?.with_sending_lease(
+                            drover_actors::pipeline::DeliveryConfig::default().sending_lease_ms
+                                as i64,
+                        );
+                        Ok::<_, drover_actors::store::StoreError>(
+                            match config.group_commit_max_batch {
+                                0 => store,
+                                n => store.with_group_commit(n, config.group_commit_in_flight),
+                            },
+                        )
+                    })
                     .await
                     .map_err(|e| err("tasks store")(&e))?
-                    .map_err(|e| err("tasks store")(&e))?
-                    .with_sending_lease(30_000);
+                    .map_err(|e| err("tasks store")(&e))?;
                 let provider = Provider::from_config(&provider_config(provider))
                     .map_err(|e| err("provider")(&e))?;
-                let ctx = TasksCtx {
+                let ctx = Arc::new(TasksCtx {
                     store: store.clone(),
                     provider,
                     clock,
                     message: MessageConfig::default(),
+                    batch: s.batch,
+                });
+                let work = if kind == Kind::Batched {
+                    Work::Batched(ctx)
+                } else {
+                    Work::Tasks(ctx)
                 };
-                (None, Some(store), Work::Tasks(Arc::new(ctx)))
+                (None, Some(store), work)
             };
             let counters = Arc::new(ConsumerCounters::default());
             let (stop, stopped) = oneshot::channel();
@@ -1026,6 +1207,8 @@ struct CpuDelta {
     process: f64,
     postgres: f64,
     rabbitmq: f64,
+    /// Busy CPU seconds of the machine not accounted for by the three above.
+    other: f64,
     machine_busy: f64,
     cores: f64,
 }
@@ -1051,7 +1234,88 @@ fn cpu_delta(before: &CpuSnap, after: &CpuSnap) -> CpuDelta {
     let total = after.machine.1.saturating_sub(before.machine.1) as f64;
     d.machine_busy = if total > 0.0 { busy / total } else { 0.0 };
     d.cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+    d.other = (busy / TICKS_PER_SEC - d.process - d.postgres - d.rabbitmq).max(0.0);
     d
+}
+
+/// The machine's busy share over `window`.
+async fn machine_busy(window: Duration) -> f64 {
+    let a = cpu_snapshot().machine;
+    tokio::time::sleep(window).await;
+    let b = cpu_snapshot().machine;
+    let total = b.1.saturating_sub(a.1) as f64;
+    if total > 0.0 {
+        b.0.saturating_sub(a.0) as f64 / total
+    } else {
+        0.0
+    }
+}
+
+/// Below this busy share the machine counts as quiet.
+const QUIET_BUSY: f64 = 0.15;
+
+/// Wait (at most `limit`) until the machine is quiet: other processes (builds, tests, the
+/// previous phase's database housekeeping) would otherwise take CPU from the phase.
+async fn wait_quiet(limit: Duration) -> (bool, f64, Duration) {
+    let start = Instant::now();
+    loop {
+        let busy = machine_busy(Duration::from_millis(500)).await;
+        if busy < QUIET_BUSY || start.elapsed() >= limit {
+            return (busy < QUIET_BUSY, busy, start.elapsed());
+        }
+    }
+}
+
+/// PostgreSQL's own counters: the database's (every client of it, not only this bench) and
+/// the server's WAL.
+#[derive(Debug, Clone, Copy, Default)]
+struct PgCounters {
+    commits: i64,
+    inserted: i64,
+    updated: i64,
+    wal_records: i64,
+    wal_bytes: i64,
+    wal_syncs: i64,
+}
+
+async fn pg_counters(admin: &PgPool) -> Option<PgCounters> {
+    let (commits, inserted, updated) = sqlx::query_as::<_, (i64, i64, i64)>(
+        "SELECT xact_commit, tup_inserted, tup_updated FROM pg_stat_database \
+         WHERE datname = current_database()",
+    )
+    .fetch_one(admin)
+    .await
+    .ok()?;
+    let (wal_records, wal_bytes, wal_syncs) = sqlx::query_as::<_, (i64, i64, i64)>(
+        "SELECT wal_records, wal_bytes::bigint, wal_sync FROM pg_stat_wal",
+    )
+    .fetch_one(admin)
+    .await
+    .ok()?;
+    Some(PgCounters {
+        commits,
+        inserted,
+        updated,
+        wal_records,
+        wal_bytes,
+        wal_syncs,
+    })
+}
+
+fn pg_note(before: Option<PgCounters>, after: Option<PgCounters>, n: usize) -> String {
+    let (Some(b), Some(a)) = (before, after) else {
+        return "postgres counters: not available".into();
+    };
+    let per = |x: i64, y: i64| (x - y) as f64 / n as f64;
+    format!(
+        "postgres per message (whole database and server, so other clients count too): {:.2} commits, {:.2} rows inserted, {:.2} rows updated, {:.1} WAL records, {:.0} WAL bytes, {:.2} WAL fsyncs",
+        per(a.commits, b.commits),
+        per(a.inserted, b.inserted),
+        per(a.updated, b.updated),
+        per(a.wal_records, b.wal_records),
+        per(a.wal_bytes, b.wal_bytes),
+        per(a.wal_syncs, b.wal_syncs)
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1161,16 +1425,23 @@ impl PhaseReport {
             .map(|(name, s)| format!("{name} {s:.2} s ({:.0} µs/msg)", per_msg(*s)))
             .collect();
         println!(
-            "[{k}] CPU over {secs:.2} s: this process {:.2} s [{}]; postgres {:.2} s ({:.0} µs/msg); rabbitmq {:.2} s ({:.0} µs/msg); machine busy {:.0}% of {} cores",
+            "[{k}] CPU over {secs:.2} s: this process {:.2} s [{}]; postgres {:.2} s ({:.0} µs/msg); rabbitmq {:.2} s ({:.0} µs/msg); other processes {:.2} s; machine busy {:.0}% of {} cores",
             c.process,
             threads.join(", "),
             c.postgres,
             per_msg(c.postgres),
             c.rabbitmq,
             per_msg(c.rabbitmq),
+            c.other,
             c.machine_busy * 100.0,
             c.cores
         );
+        if c.other > 0.1 * secs * c.cores {
+            println!(
+                "[{k}] WARNING: other processes used {:.0}% of the machine during this phase: its figures are disturbed",
+                c.other * 100.0 / (secs * c.cores)
+            );
+        }
         for n in &self.notes {
             println!("[{k}] {n}");
         }
@@ -1379,8 +1650,27 @@ async fn run_phase(
     .map_err(|e| err("declaring the topology")(&e))?;
     let result = async {
         prepare_schema(admin, &names, kind).await?;
+        // The same start for every phase: no dirty pages of the previous one pending.
+        let _ = sqlx::raw_sql("CHECKPOINT").execute(admin).await;
+        let (quiet, busy, waited) = wait_quiet(s.quiet_wait).await;
+        if quiet {
+            println!(
+                "[{}] machine quiet ({:.0}% busy) after {:.1} s",
+                kind.name(),
+                busy * 100.0,
+                waited.as_secs_f64()
+            );
+        } else {
+            println!(
+                "[{}] WARNING: machine still {:.0}% busy after waiting {:.0} s for it to calm down",
+                kind.name(),
+                busy * 100.0,
+                waited.as_secs_f64()
+            );
+        }
         let rss_start_kb = status_kb("VmRSS").unwrap_or(0);
         let peak_reset = reset_peak_rss();
+        let pg_before = pg_counters(admin).await;
         let cpu_before = cpu_snapshot();
         let sut = start_sut(kind, s, &names, provider.addr, clock, sut_rt).await?;
         let measured = async {
@@ -1407,10 +1697,14 @@ async fn run_phase(
                 c.deliveries.load(Ordering::Relaxed),
                 c.redelivered.load(Ordering::Relaxed),
                 c.errors.load(Ordering::Relaxed),
+                c.batches.load(Ordering::Relaxed),
                 c.first_error.lock().clone(),
             )
         });
         let stopped = sut.stop().await;
+        // Backends report their counters when they exit or at most once a second.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let pg_after = pg_counters(admin).await;
         let (published, end) = measured?;
         stopped?;
         let (sent_lat, provider_lat, max_updated) =
@@ -1420,7 +1714,7 @@ async fn run_phase(
             .map(|i| marks.publish_ms[i].load(Ordering::Relaxed))
             .min()
             .unwrap_or(0);
-        let mut notes = Vec::new();
+        let mut notes = vec![pg_note(pg_before, pg_after, n)];
         let duplicates = marks
             .hits
             .iter()
@@ -1434,9 +1728,18 @@ async fn run_phase(
             marks.unknown.load(Ordering::Relaxed),
             status_counts(admin, &names, kind).await
         ));
-        if let Some((deliveries, redelivered, errors, first_error)) = counters {
+        if let Some((deliveries, redelivered, errors, batches, first_error)) = counters {
             notes.push(format!(
-                "consumer: {deliveries} deliveries ({redelivered} redelivered), {errors} errors{}",
+                "consumer: {deliveries} deliveries ({redelivered} redelivered), {errors} errors{}{}",
+                if batches > 0 {
+                    format!(
+                        ", {batches} batches (mean {:.1} deliveries, at most {})",
+                        deliveries as f64 / batches as f64,
+                        s.batch
+                    )
+                } else {
+                    String::new()
+                },
                 first_error.map_or(String::new(), |e| format!(" (first: {e})"))
             ));
         }
@@ -1561,44 +1864,105 @@ async fn run(s: Settings, sut_rt: Handle) -> BenchResult<Vec<Row>> {
                  (this bench needs PostgreSQL and RabbitMQ; see the module docs)"
             )
         })?;
-    let mut reports = Vec::new();
-    for kind in &s.phases {
-        reports.push(run_phase(*kind, &s, &tag, &sut_rt, &admin).await?);
+    let mut reports: Vec<PhaseReport> = Vec::new();
+    for round in 1..=s.rounds {
+        if s.rounds > 1 {
+            println!();
+            println!("######## round {round} of {}", s.rounds);
+        }
+        for kind in &s.phases {
+            reports.push(run_phase(*kind, &s, &tag, &sut_rt, &admin).await?);
+        }
     }
     admin.close().await;
+    Ok(summary(&s, &reports))
+}
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn summary(s: &Settings, reports: &[PhaseReport]) -> Vec<Row> {
+    let mut kinds: Vec<Kind> = Vec::new();
+    for k in &s.phases {
+        if !kinds.contains(k) {
+            kinds.push(*k);
+        }
+    }
+    let of = |k: Kind| reports.iter().filter(move |r| r.kind == k);
+    let throughput = |k: Kind| median(of(k).map(|r| r.throughput).collect());
+    let rounds_note = |values: Vec<f64>, unit: &str| {
+        if values.len() > 1 {
+            let all: Vec<String> = values.iter().map(|v| format!("{v:.0}")).collect();
+            format!(" (median of {}: {} {unit})", values.len(), all.join(", "))
+        } else {
+            String::new()
+        }
+    };
     let mut rows = Vec::new();
-    let find = |k: Kind| reports.iter().find(|r| r.kind == k);
-    for r in &reports {
-        let k = r.kind.name();
+    for k in &kinds {
+        let name = k.name();
+        let tps: Vec<f64> = of(*k).map(|r| r.throughput).collect();
         rows.push(row(
-            format!("{k} throughput"),
-            format!("{:.0} msgs/s", r.throughput),
+            format!("{name} throughput"),
+            format!("{:.0} msgs/s{}", throughput(*k), rounds_note(tps, "msgs/s")),
             "",
             "",
         ));
         rows.push(row(
-            format!("{k} publish->sent p50 / p99"),
-            format!("{:.1} / {:.1} ms", r.sent_latency.p50, r.sent_latency.p99),
-            "",
-            "",
-        ));
-        rows.push(row(
-            format!("{k} peak RSS (phase) / delta"),
+            format!("{name} publish->sent p50 / p99"),
             format!(
-                "{:.1} / +{:.1} MiB",
-                mib(r.rss_peak_kb),
-                mib(r.rss_peak_kb.saturating_sub(r.rss_start_kb))
+                "{:.1} / {:.1} ms",
+                median(of(*k).map(|r| r.sent_latency.p50).collect()),
+                median(of(*k).map(|r| r.sent_latency.p99).collect())
             ),
             "",
             "",
         ));
+        let peak = of(*k).map(|r| r.rss_peak_kb).max().unwrap_or(0);
+        let delta = of(*k)
+            .map(|r| r.rss_peak_kb.saturating_sub(r.rss_start_kb))
+            .max()
+            .unwrap_or(0);
+        rows.push(row(
+            format!("{name} peak RSS in phase / over its start"),
+            format!("{:.1} / +{:.1} MiB", mib(peak), mib(delta)),
+            "",
+            "",
+        ));
+        let disturbed = of(*k)
+            .filter(|r| r.cpu.other > 0.1 * r.elapsed.as_secs_f64() * r.cpu.cores)
+            .count();
+        if disturbed > 0 {
+            rows.push(row(
+                format!("{name} runs disturbed by other processes"),
+                format!("{disturbed} of {}", of(*k).count()),
+                "0",
+                "WARN",
+            ));
+        }
     }
-    if let (Some(d), Some(p)) = (find(Kind::Drover), find(Kind::Plain)) {
-        let ratio = d.throughput / p.throughput;
+    let has = |k: Kind| kinds.contains(&k);
+    if has(Kind::Drover) && has(Kind::Plain) {
+        let ratio = throughput(Kind::Drover) / throughput(Kind::Plain);
+        let per_round: Vec<f64> = of(Kind::Drover)
+            .zip(of(Kind::Plain))
+            .map(|(d, p)| d.throughput / p.throughput)
+            .collect();
+        let note = if per_round.len() > 1 {
+            let all: Vec<String> = per_round.iter().map(|v| format!("{v:.2}")).collect();
+            format!(" (per round: {})", all.join(", "))
+        } else {
+            String::new()
+        };
         rows.push(row(
             "throughput ratio drover/plain",
-            format!("{ratio:.2}"),
+            format!("{ratio:.2}{note}"),
             &format!(">= {TARGET_RATIO:.1}"),
             verdict(ratio >= TARGET_RATIO),
         ));
@@ -1613,15 +1977,30 @@ async fn run(s: Settings, sut_rt: Handle) -> BenchResult<Vec<Row>> {
             },
         ));
     }
-    if let (Some(d), Some(t)) = (find(Kind::Drover), find(Kind::Tasks)) {
-        rows.push(row(
-            "throughput ratio drover/tasks (actor cost)",
-            format!("{:.2}", d.throughput / t.throughput),
-            "",
-            "",
-        ));
+    for (other, label) in [
+        (Kind::Tasks, "drover/tasks (cost of the actors)"),
+        (Kind::Batched, "batched/plain (group commit, no actors)"),
+    ] {
+        let base = if other == Kind::Tasks {
+            Kind::Drover
+        } else {
+            Kind::Plain
+        };
+        if has(other) && has(base) {
+            let (num, den) = if other == Kind::Tasks {
+                (throughput(base), throughput(other))
+            } else {
+                (throughput(other), throughput(base))
+            };
+            rows.push(row(
+                format!("throughput ratio {label}"),
+                format!("{:.2}", num / den),
+                "",
+                "",
+            ));
+        }
     }
-    Ok(rows)
+    rows
 }
 
 fn main() {
@@ -1663,11 +2042,17 @@ fn main() {
         .build()
         .expect("tokio runtime");
     println!(
-        "drover-actors pipeline bench: {} messages, prefetch {}, pool {} connections per phase, phases {}, logs {}; \
+        "drover-actors pipeline bench: {} messages, prefetch {}, pool {} connections per phase, store group commit {} (in flight {}), phases {}, logs {}; \
          system under test on tokio multi-thread with 2 workers, harness on 1; {} CPUs, {} build, load average at start: {}",
         settings.messages,
         settings.prefetch,
         settings.max_connections,
+        if settings.group_commit == 0 {
+            "off".to_string()
+        } else {
+            format!("max batch {}", settings.group_commit)
+        },
+        settings.group_in_flight,
         settings
             .phases
             .iter()

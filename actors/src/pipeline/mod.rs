@@ -20,6 +20,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod ops;
 pub mod provider_worker;
 pub mod scheduler;
 pub mod store_worker;
@@ -58,6 +59,9 @@ pub struct Pipeline {
     pub config: PipelineConfig,
     pub clock: Clock,
     pub memory: MemoryBroker,
+    /// Cached operational state (circuit, last store ping, queue depths, pause switch,
+    /// re-drive status) and metrics handles, for the HTTP probes and `/metrics`.
+    pub ops: ops::Ops,
 }
 
 impl Pipeline {
@@ -90,6 +94,10 @@ impl Pipeline {
 
     pub fn publisher(&self) -> Result<ActorRef<broker::PublisherMessage>, PipelineError> {
         self.lookup("broker/publisher", "the publisher")
+    }
+
+    pub fn consumer(&self) -> Result<ActorRef<broker::ConsumerMessage>, PipelineError> {
+        self.lookup("broker/consumer", "the consumer")
     }
 
     pub fn workers(&self) -> Result<ActorRef<crate::supervisor::SupervisorMessage>, PipelineError> {

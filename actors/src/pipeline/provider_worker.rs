@@ -5,6 +5,8 @@
 //! caller. While the circuit is open, sends are refused with the time to try again, so
 //! messages are rescheduled without spending attempts. When a half-open probe succeeds the
 //! circuit closes and the failed queue is re-driven (see `scheduler`).
+//! Every change of the circuit is written to the cached cell `Pipeline::ops` (read by
+//! `/readyz` and `/metrics`, which never message this actor).
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
@@ -74,6 +76,7 @@ impl Actor for ProviderWorker {
     ) -> Result<Self::State, ActorProcessingErr> {
         let provider = Provider::from_config(&p.config.provider)?;
         let circuit = CircuitBreaker::new(&p.config.provider.circuit);
+        p.ops.set_circuit(circuit.state());
         Ok(ProviderState {
             p,
             provider,
@@ -95,7 +98,12 @@ impl Actor for ProviderWorker {
                 attempt,
                 reply,
             } => {
-                let probe = match state.circuit.check() {
+                let permit = state.circuit.check();
+                if permit != Permit::Allowed {
+                    // It may have just moved to half-open: keep the cached state current.
+                    state.p.ops.set_circuit(state.circuit.state());
+                }
+                let probe = match permit {
                     Permit::Allowed => false,
                     Permit::Probe if !state.probe_in_flight => true,
                     Permit::Probe => {
@@ -154,6 +162,7 @@ impl Actor for ProviderWorker {
                     }
                     _ => {}
                 }
+                state.p.ops.set_circuit(state.circuit.state());
                 let _ = reply.send(SendResult::Done(outcome));
             }
             ProviderMessage::Circuit(reply) => {

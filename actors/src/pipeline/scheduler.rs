@@ -121,13 +121,19 @@ impl Actor for SchedulerWorker {
                 }
                 let p = state.p.clone();
                 let me = myself.clone();
+                // Shown by the admin routes; dropped (task aborted) it reads "interrupted".
+                let running = p.ops.redrive_started(p.clock);
                 state.redrive = Some(tokio::spawn(async move {
                     match redrive(&p).await {
                         Ok(n) => {
                             tracing::info!(redriven = n, "failed queue re-driven");
+                            running.finish(Ok(n));
                             let _ = me.send_message(SchedulerMessage::Tick);
                         }
-                        Err(e) => tracing::warn!(error = %e, "failed-queue re-drive stopped"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "failed-queue re-drive stopped");
+                            running.finish(Err(e.to_string()));
+                        }
                     }
                 }));
             }

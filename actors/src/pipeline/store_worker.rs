@@ -2,14 +2,16 @@
 //!
 //! Connects (and migrates) in `pre_start`, so an unreachable database is a start failure its
 //! supervisor retries with backoff. Pings on a timer and fails when the database is gone, so
-//! reconnection is a restart. Hands out the pool handle (`StoreMessage::Get`): sqlx pools are
-//! concurrent, so queries do not queue behind this actor.
+//! reconnection is a restart. Each ping's result is cached in `Pipeline::ops` (`/readyz`
+//! shows it without querying the database). Hands out the pool handle
+//! (`StoreMessage::Get`): sqlx pools are concurrent, so queries do not queue behind this actor.
 
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::pipeline::Pipeline;
+use crate::pipeline::ops::PingRecord;
 use crate::store::Store;
 
 /// How often the connection is checked.
@@ -34,6 +36,7 @@ pub struct StoreWorker;
 #[derive(Debug)]
 pub struct StoreState {
     store: Store,
+    p: Pipeline,
 }
 
 impl Actor for StoreWorker {
@@ -49,9 +52,18 @@ impl Actor for StoreWorker {
         let store = Store::connect(&p.config.store)
             .await?
             .with_sending_lease(p.config.delivery.sending_lease_ms as i64);
+        let store = match p.config.store.group_commit_max_batch {
+            0 => store,
+            n => store.with_group_commit(n, p.config.store.group_commit_in_flight),
+        };
         tracing::info!(backend = store.backend(), "database connected and migrated");
         myself.send_interval(PING_EVERY, || StoreMessage::Ping);
-        Ok(StoreState { store })
+        p.ops.record_store_ping(PingRecord {
+            at_ms: p.clock.now_ms(),
+            latency_ms: 0,
+            error: None,
+        });
+        Ok(StoreState { store, p })
     }
 
     async fn handle(
@@ -65,7 +77,14 @@ impl Actor for StoreWorker {
                 let _ = reply.send(state.store.clone());
             }
             StoreMessage::Ping | StoreMessage::Suspect => {
-                if let Err(e) = state.store.ping().await {
+                let started = tokio::time::Instant::now();
+                let result = state.store.ping().await;
+                state.p.ops.record_store_ping(PingRecord {
+                    at_ms: state.p.clock.now_ms(),
+                    latency_ms: started.elapsed().as_millis() as u64,
+                    error: result.as_ref().err().map(ToString::to_string),
+                });
+                if let Err(e) = result {
                     return Err(format!("database unreachable: {e}").into());
                 }
             }

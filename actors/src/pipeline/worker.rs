@@ -37,6 +37,10 @@ pub const ATTEMPTS_HEADER: &str = "x-drover-attempts";
 /// back in the queue (pacing, so such a delivery does not spin).
 pub const IN_FLIGHT_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long a worker holds a delivery it cannot process because the store actor is not
+/// available, before the delivery goes back to the queue (pacing, so it does not spin).
+pub const UNAVAILABLE_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A worker's arguments: the pipeline and its one delivery (taken once, at start).
 #[derive(Debug)]
 pub struct DeliveryArgs {
@@ -131,7 +135,17 @@ fn envelope(d: &Delivery) -> Envelope {
 
 async fn process(state: &mut DeliveryState) -> Result<(), PipelineError> {
     let p = state.p.clone();
-    let store = store_of(&p).await?;
+    let store = match store_of(&p).await {
+        Ok(store) => store,
+        Err(e) => {
+            // No store (its actor is restarting, or backing off while the database is away):
+            // hold the delivery a moment before it goes back to the queue. Failing at once
+            // would have the broker hand it straight to a new worker that fails the same way,
+            // thousands of times a second for as long as the store is down.
+            tokio::time::sleep(UNAVAILABLE_PAUSE).await;
+            return Err(e);
+        }
+    };
     let env = envelope(&state.delivery);
     let msg = match parse(&state.delivery.body, &env, &p.config.message) {
         Ok(m) => m,
@@ -222,6 +236,7 @@ async fn process(state: &mut DeliveryState) -> Result<(), PipelineError> {
 
     let provider = p.provider()?;
     let timeout = p.config.provider.timeout_ms + 5_000;
+    let called = tokio::time::Instant::now();
     let sent = ractor::call_t!(
         provider,
         |reply| ProviderMessage::Send {
@@ -232,6 +247,13 @@ async fn process(state: &mut DeliveryState) -> Result<(), PipelineError> {
         timeout
     )
     .map_err(|e| PipelineError::NoAnswer("the provider", e.to_string()))?;
+    if matches!(sent, SendResult::Done(_)) {
+        p.ops.metrics.attempts.increment(1);
+        p.ops
+            .metrics
+            .provider_latency
+            .record(called.elapsed().as_secs_f64());
+    }
     let now = p.clock.now_ms();
     let delivery_cfg = &p.config.delivery;
     let mut rng = SplitMix64::new(msg.id.as_u128() as u64 ^ attempt as u64);
@@ -311,6 +333,7 @@ async fn process(state: &mut DeliveryState) -> Result<(), PipelineError> {
         .record_outcome(msg.id, attempt, &outcome, now)
         .await
         .map_err(|e| suspect(&p, e))?;
+    p.ops.metrics.outcome(outcome.kind()).increment(1);
     match &outcome {
         AttemptOutcome::Sent { .. } => tracing::info!("sent"),
         AttemptOutcome::Retry {
@@ -388,6 +411,7 @@ async fn set_aside(
         .record_invalid(id, correlation_id, &d.body, &reason, p.clock.now_ms())
         .await
         .map_err(|e| suspect(p, e))?;
+    p.ops.metrics.invalid().increment(1);
     tracing::warn!(id = %row, class = invalid.class(), %reason, "invalid message set aside");
     let mut headers = d.headers.clone();
     headers.insert(INVALID_REASON_HEADER.to_string(), reason);

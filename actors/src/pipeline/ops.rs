@@ -1,0 +1,444 @@
+//! Cached operational state of the pipeline: what the HTTP probes (`/livez`, `/readyz`) and
+//! `/metrics` read, written by the actors as things happen.
+//!
+//! Nothing here is ever computed by messaging an actor or querying a dependency on behalf of a
+//! reader: the provider worker writes its circuit state at every change, the store worker the
+//! result of its periodic ping, a sampler task the queue depths, the scheduler its re-drive
+//! status. A hung actor therefore leaves a stale value behind, never a hung probe.
+//!
+//! [`PipelineMetrics`] holds the pipeline's counters and histogram as `metrics` handles bound
+//! to one recorder (the application's Prometheus recorder); [`PipelineMetrics::default`] is a
+//! set of no-op handles, for benches and tests that do not scrape.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use metrics::{Counter, Histogram, Unit};
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+
+use crate::broker::Route;
+use crate::clock::Clock;
+use crate::pipeline::broker::broker_of;
+use crate::pipeline::{Pipeline, PipelineError};
+use crate::provider::CircuitState;
+use crate::store::OutcomeKind;
+
+/// Counter: messages by final outcome of an attempt (`outcome` = `sent`, `retry`, `failed`,
+/// `invalid`, `deferred`, `ambiguous`).
+pub const MESSAGES_TOTAL: &str = "drover_messages_total";
+/// Counter: provider calls (attempts that reached the provider).
+pub const ATTEMPTS_TOTAL: &str = "drover_attempts_total";
+/// Histogram: provider call latency, in seconds.
+pub const PROVIDER_LATENCY_SECONDS: &str = "drover_provider_latency_seconds";
+/// Counter: confirmed publishes by `route` (`work`, `failed`, `invalid`).
+pub const PUBLISHED_TOTAL: &str = "drover_published_total";
+/// Counter: deliveries taken from the work queue.
+pub const CONSUMED_TOTAL: &str = "drover_consumed_total";
+
+/// Bucket bounds of [`PROVIDER_LATENCY_SECONDS`].
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The pipeline's counters and histogram (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct PipelineMetrics {
+    sent: Counter,
+    retry: Counter,
+    failed: Counter,
+    invalid: Counter,
+    deferred: Counter,
+    ambiguous: Counter,
+    /// Provider calls.
+    pub attempts: Counter,
+    /// Provider call latency, seconds.
+    pub provider_latency: Histogram,
+    published: [Counter; 3],
+    /// Deliveries taken from the work queue.
+    pub consumed: Counter,
+}
+
+impl Default for PipelineMetrics {
+    /// No-op handles.
+    fn default() -> Self {
+        PipelineMetrics {
+            sent: Counter::noop(),
+            retry: Counter::noop(),
+            failed: Counter::noop(),
+            invalid: Counter::noop(),
+            deferred: Counter::noop(),
+            ambiguous: Counter::noop(),
+            attempts: Counter::noop(),
+            provider_latency: Histogram::noop(),
+            published: [Counter::noop(), Counter::noop(), Counter::noop()],
+            consumed: Counter::noop(),
+        }
+    }
+}
+
+impl PipelineMetrics {
+    /// Register (and describe) every series with the current recorder: call it inside
+    /// `metrics::with_local_recorder` to bind the handles to that recorder. Every series
+    /// exists from the start, at 0.
+    pub fn register() -> Self {
+        metrics::describe_counter!(
+            MESSAGES_TOTAL,
+            Unit::Count,
+            "Messages by outcome of their attempt (sent, retry, failed, invalid, deferred, ambiguous)"
+        );
+        metrics::describe_counter!(ATTEMPTS_TOTAL, Unit::Count, "Provider calls");
+        metrics::describe_histogram!(
+            PROVIDER_LATENCY_SECONDS,
+            Unit::Seconds,
+            "Latency of provider calls"
+        );
+        metrics::describe_counter!(
+            PUBLISHED_TOTAL,
+            Unit::Count,
+            "Publishes confirmed by the broker, by route"
+        );
+        metrics::describe_counter!(
+            CONSUMED_TOTAL,
+            Unit::Count,
+            "Deliveries taken from the work queue"
+        );
+        let outcome = |o: &'static str| metrics::counter!(MESSAGES_TOTAL, "outcome" => o);
+        let published = |r: Route| metrics::counter!(PUBLISHED_TOTAL, "route" => r.to_string());
+        let m = PipelineMetrics {
+            sent: outcome("sent"),
+            retry: outcome("retry"),
+            failed: outcome("failed"),
+            invalid: outcome("invalid"),
+            deferred: outcome("deferred"),
+            ambiguous: outcome("ambiguous"),
+            attempts: metrics::counter!(ATTEMPTS_TOTAL),
+            provider_latency: metrics::histogram!(PROVIDER_LATENCY_SECONDS),
+            published: Route::ALL.map(published),
+            consumed: metrics::counter!(CONSUMED_TOTAL),
+        };
+        // Make every series visible at 0 before the first event.
+        for c in [
+            &m.sent,
+            &m.retry,
+            &m.failed,
+            &m.invalid,
+            &m.deferred,
+            &m.ambiguous,
+            &m.attempts,
+            &m.consumed,
+        ]
+        .into_iter()
+        .chain(m.published.iter())
+        {
+            c.increment(0);
+        }
+        m
+    }
+
+    /// The counter of an attempt's recorded outcome.
+    pub fn outcome(&self, kind: OutcomeKind) -> &Counter {
+        match kind {
+            OutcomeKind::Sent => &self.sent,
+            OutcomeKind::Retry => &self.retry,
+            OutcomeKind::Failed => &self.failed,
+            OutcomeKind::Deferred => &self.deferred,
+            OutcomeKind::Ambiguous => &self.ambiguous,
+        }
+    }
+
+    /// The counter of messages set aside as invalid.
+    pub fn invalid(&self) -> &Counter {
+        &self.invalid
+    }
+
+    /// The counter of confirmed publishes on `route`.
+    pub fn published(&self, route: Route) -> &Counter {
+        match route {
+            Route::Work => &self.published[0],
+            Route::Failed => &self.published[1],
+            Route::Invalid => &self.published[2],
+        }
+    }
+}
+
+/// The store worker's last connection check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PingRecord {
+    /// When it finished (Unix ms).
+    pub at_ms: i64,
+    /// How long it took.
+    pub latency_ms: u64,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+/// A queue's counters as last sampled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct QueueSample {
+    /// Messages ready (not counting delivered-but-unacked ones).
+    pub ready: u32,
+    /// Consumers on the queue.
+    pub consumers: u32,
+    /// When sampled (Unix ms).
+    pub at_ms: i64,
+}
+
+/// The failed-queue re-drive, as last seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RedriveStatus {
+    /// A re-drive is running now.
+    pub running: bool,
+    /// When the last one was requested or started (Unix ms).
+    pub last_started_at_ms: Option<i64>,
+    /// When the last one ended (Unix ms).
+    pub last_finished_at_ms: Option<i64>,
+    /// Messages put back into play by the last one.
+    pub last_redriven: Option<usize>,
+    /// Why the last one stopped early, if it did.
+    pub last_error: Option<String>,
+}
+
+/// Why a re-drive was refused ([`Ops::reserve_redrive`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedriveRefused {
+    /// One is running.
+    Running,
+    /// The last one started less than the cooldown ago: ask again in this many ms.
+    TooSoon { retry_after_ms: u64 },
+}
+
+#[derive(Debug, Default)]
+struct Cells {
+    circuit: RwLock<Option<CircuitState>>,
+    store_ping: RwLock<Option<PingRecord>>,
+    queues: RwLock<BTreeMap<String, QueueSample>>,
+    consumption_paused: AtomicBool,
+    redrive: Mutex<RedriveStatus>,
+}
+
+/// The pipeline's cached operational state and metrics. Cheap to clone; clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct Ops {
+    /// The pipeline's counters and histogram.
+    pub metrics: PipelineMetrics,
+    cells: Arc<Cells>,
+}
+
+impl Ops {
+    /// Fresh state recording into `metrics`.
+    pub fn new(metrics: PipelineMetrics) -> Ops {
+        Ops {
+            metrics,
+            cells: Arc::default(),
+        }
+    }
+
+    /// The provider's circuit as last written by the provider worker (`None` before its
+    /// first start).
+    pub fn circuit(&self) -> Option<CircuitState> {
+        self.cells.circuit.read().clone()
+    }
+
+    /// Written by the provider worker at start and at every change.
+    pub fn set_circuit(&self, state: CircuitState) {
+        let mut cell = self.cells.circuit.write();
+        if cell.as_ref() != Some(&state) {
+            *cell = Some(state);
+        }
+    }
+
+    /// The store worker's last connection check.
+    pub fn store_ping(&self) -> Option<PingRecord> {
+        self.cells.store_ping.read().clone()
+    }
+
+    /// Written by the store worker after each connection check.
+    pub fn record_store_ping(&self, ping: PingRecord) {
+        *self.cells.store_ping.write() = Some(ping);
+    }
+
+    /// Queue depths as last sampled, by queue name.
+    pub fn queues(&self) -> BTreeMap<String, QueueSample> {
+        self.cells.queues.read().clone()
+    }
+
+    /// Record a queue sample.
+    pub fn set_queue(&self, queue: &str, sample: QueueSample) {
+        self.cells.queues.write().insert(queue.to_owned(), sample);
+    }
+
+    /// Whether an operator paused consumption (a restarted consumer stays paused).
+    pub fn consumption_paused(&self) -> bool {
+        self.cells.consumption_paused.load(Ordering::SeqCst)
+    }
+
+    /// Set the pause switch; returns the previous value.
+    pub fn set_consumption_paused(&self, paused: bool) -> bool {
+        self.cells.consumption_paused.swap(paused, Ordering::SeqCst)
+    }
+
+    /// The re-drive status.
+    pub fn redrive_status(&self) -> RedriveStatus {
+        self.cells.redrive.lock().clone()
+    }
+
+    /// Reserve an operator re-drive: refused while one runs or within `cooldown_ms` of the
+    /// last start. On success the start time is recorded now (so a concurrent request is
+    /// refused) and the previous one returned, for [`cancel_redrive`](Self::cancel_redrive).
+    pub fn reserve_redrive(
+        &self,
+        now_ms: i64,
+        cooldown_ms: u64,
+    ) -> Result<Option<i64>, RedriveRefused> {
+        let mut r = self.cells.redrive.lock();
+        if r.running {
+            return Err(RedriveRefused::Running);
+        }
+        if let Some(last) = r.last_started_at_ms {
+            let next = last.saturating_add(cooldown_ms as i64);
+            if now_ms < next {
+                return Err(RedriveRefused::TooSoon {
+                    retry_after_ms: (next - now_ms) as u64,
+                });
+            }
+        }
+        Ok(r.last_started_at_ms.replace(now_ms))
+    }
+
+    /// Undo a reservation whose request could not be delivered.
+    pub fn cancel_redrive(&self, previous: Option<i64>) {
+        self.cells.redrive.lock().last_started_at_ms = previous;
+    }
+
+    /// Mark a re-drive as running until the returned guard is finished or dropped (a
+    /// re-drive task aborted or dropped midway ends as "interrupted").
+    pub fn redrive_started(&self, clock: Clock) -> RedriveGuard {
+        {
+            let mut r = self.cells.redrive.lock();
+            r.running = true;
+            r.last_started_at_ms = Some(clock.now_ms());
+        }
+        RedriveGuard {
+            ops: self.clone(),
+            clock,
+            result: None,
+        }
+    }
+}
+
+/// Marks a re-drive as running while alive ([`Ops::redrive_started`]).
+#[derive(Debug)]
+pub struct RedriveGuard {
+    ops: Ops,
+    clock: Clock,
+    result: Option<Result<usize, String>>,
+}
+
+impl RedriveGuard {
+    /// Record how the re-drive ended.
+    pub fn finish(mut self, result: Result<usize, String>) {
+        self.result = Some(result);
+    }
+}
+
+impl Drop for RedriveGuard {
+    fn drop(&mut self) {
+        let mut r = self.ops.cells.redrive.lock();
+        r.running = false;
+        r.last_finished_at_ms = Some(self.clock.now_ms());
+        match self.result.take() {
+            Some(Ok(n)) => {
+                r.last_redriven = Some(n);
+                r.last_error = None;
+            }
+            Some(Err(e)) => {
+                r.last_redriven = None;
+                r.last_error = Some(e);
+            }
+            None => {
+                r.last_redriven = None;
+                r.last_error = Some("interrupted".into());
+            }
+        }
+    }
+}
+
+/// The circuit as a number: 0 closed, 1 half-open (also an open circuit whose time is over),
+/// 2 open.
+pub fn circuit_level(state: &CircuitState, now_ms: i64) -> u8 {
+    match state {
+        CircuitState::Closed { .. } => 0,
+        CircuitState::HalfOpen { .. } => 1,
+        CircuitState::Open { retry_at_ms, .. } if *retry_at_ms <= now_ms => 1,
+        CircuitState::Open { .. } => 2,
+    }
+}
+
+/// Sample the three queues' counters into the cache (the queue sampler calls this every few
+/// seconds; readers never do).
+pub async fn sample_queues(p: &Pipeline) -> Result<(), PipelineError> {
+    let broker = broker_of(p).await?;
+    for route in Route::ALL {
+        let queue = p.config.broker.queue(route);
+        let stats = broker.queue_stats(queue).await?;
+        p.ops.set_queue(
+            queue,
+            QueueSample {
+                ready: stats.ready,
+                consumers: stats.consumers,
+                at_ms: p.clock.now_ms(),
+            },
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redrive_reservations_respect_running_and_cooldown() {
+        let ops = Ops::default();
+        assert_eq!(ops.reserve_redrive(1_000, 500), Ok(None));
+        assert_eq!(
+            ops.reserve_redrive(1_200, 500),
+            Err(RedriveRefused::TooSoon {
+                retry_after_ms: 300
+            })
+        );
+        assert_eq!(ops.reserve_redrive(1_500, 500), Ok(Some(1_000)));
+        ops.cancel_redrive(Some(1_000));
+        let guard = ops.redrive_started(Clock::new());
+        assert_eq!(
+            ops.reserve_redrive(i64::MAX / 2, 0),
+            Err(RedriveRefused::Running)
+        );
+        guard.finish(Ok(3));
+        let s = ops.redrive_status();
+        assert!(!s.running);
+        assert_eq!(s.last_redriven, Some(3));
+        drop(ops.redrive_started(Clock::new()));
+        assert_eq!(
+            ops.redrive_status().last_error.as_deref(),
+            Some("interrupted")
+        );
+    }
+
+    #[test]
+    fn circuit_levels() {
+        let closed = CircuitState::Closed {
+            consecutive_failures: 2,
+        };
+        let open = CircuitState::Open {
+            opened_at_ms: 0,
+            retry_at_ms: 100,
+            reason: "x".into(),
+        };
+        assert_eq!(circuit_level(&closed, 0), 0);
+        assert_eq!(circuit_level(&open, 50), 2);
+        assert_eq!(circuit_level(&open, 100), 1);
+    }
+}

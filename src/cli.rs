@@ -1,0 +1,666 @@
+//! The command line: `drover [serve]` runs the service; `status`, `kill`, `retry` and
+//! `redrive` are clients of a running instance's HTTP endpoint; `config` prints the
+//! effective configuration, secrets redacted.
+//!
+//! Every failure is one line on stderr (`drover: ...`) and an exit code from [`crate::exit`]:
+//! 2 for a bad command line or configuration, 1 for a failed client call, the codes of
+//! [`RunError::exit_code`](crate::RunError::exit_code) for `serve`.
+
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::config::{CONFIG_FILE_ENV, Config};
+use crate::exit::{EXIT_CONFIG, EXIT_ERROR};
+
+/// How long a client command waits for an answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// drover: a self-healing message delivery service.
+///
+/// Without a command, runs the service (`drover serve`). The other commands talk to a running
+/// instance over its HTTP endpoint.
+#[derive(Debug, Parser)]
+#[command(
+    name = "drover",
+    version,
+    after_help = "Exit codes: 0 ok, 1 error (or a failed client call), 2 bad configuration or \
+                  command line, 3 a dependency unavailable at start, 4 the root supervisor gave up."
+)]
+pub struct Cli {
+    /// Config file, layered over the embedded defaults (environment variables
+    /// DROVER_<SECTION>__<KEY> override both).
+    #[arg(long, short = 'c', global = true, value_name = "FILE", env = CONFIG_FILE_ENV)]
+    pub config: Option<PathBuf>,
+    /// Base URL of the running drover, for the client commands [default: http:// + http.addr
+    /// from the config, 0.0.0.0 replaced by 127.0.0.1].
+    #[arg(long, global = true, value_name = "URL")]
+    pub url: Option<String>,
+    /// Admin bearer token, for kill, retry and redrive [default: admin.token from the config,
+    /// e.g. DROVER_ADMIN__TOKEN].
+    #[arg(long, global = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// drover's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service until SIGINT or SIGTERM (the default).
+    Serve,
+    /// Show the live supervision tree of a running drover.
+    Status {
+        /// Print the raw JSON of GET /status instead of the tree.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Kill the actor at PATH (e.g. root/broker/connection); its supervisor restarts it.
+    Kill {
+        /// The actor's path in the tree.
+        path: String,
+    },
+    /// Retry one message now.
+    Retry {
+        /// The message id.
+        id: String,
+    },
+    /// Re-drive the failed queue: republish failed messages to the work queue.
+    Redrive {
+        /// Only report what would be re-driven.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the effective configuration, secrets redacted.
+    Config,
+}
+
+/// A command's failure: the exit code and the one line that says why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Failure {
+    fn new(code: i32, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The binary's `main`: parse the process's arguments and run the command.
+pub fn main() -> ExitCode {
+    let code = match Cli::try_parse() {
+        Ok(cli) => match run(cli) {
+            Ok(()) => 0,
+            Err(f) => report(&f),
+        },
+        Err(e) => usage_error(e),
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Run a parsed command line.
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    let command = cli.command.unwrap_or(Command::Serve);
+    let client = matches!(
+        command,
+        Command::Status { .. }
+            | Command::Kill { .. }
+            | Command::Retry { .. }
+            | Command::Redrive { .. }
+    );
+    if !client && (cli.url.is_some() || cli.token.is_some()) {
+        return Err(Failure::new(
+            EXIT_CONFIG,
+            "--url and --token are for the client commands (status, kill, retry, redrive)",
+        ));
+    }
+    let config = Config::load(cli.config.as_deref())
+        .map_err(|e| Failure::new(EXIT_CONFIG, e.to_string()))?;
+    match command {
+        Command::Serve => serve(config),
+        Command::Config => {
+            print!("{}", config.redacted_toml());
+            Ok(())
+        }
+        command => {
+            let base = match cli.url {
+                Some(u) => normalize_url(&u)?,
+                None => default_url(config.http.addr),
+            };
+            let token = cli.token.unwrap_or_else(|| config.admin.token.clone());
+            client_command(command, Client::new(base, token)?)
+        }
+    }
+}
+
+/// The service: logging, a runtime, [`crate::run`] until SIGINT/SIGTERM.
+fn serve(config: Config) -> Result<(), Failure> {
+    crate::telemetry::init(&config.log);
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| Failure::new(EXIT_ERROR, format!("cannot start the runtime: {e}")))?;
+    runtime
+        .block_on(crate::run(config, shutdown_signal()))
+        .map_err(|e| Failure::new(e.exit_code(), e.to_string()))
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Print a failure as one line on stderr; return its exit code.
+fn report(f: &Failure) -> i32 {
+    eprintln!("drover: {}", one_line(&f.message));
+    f.code
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Help and version go to stdout (exit 0); a usage error is one line on stderr (exit 2).
+fn usage_error(e: clap::Error) -> i32 {
+    if !e.use_stderr() {
+        let _ = e.print();
+        return 0;
+    }
+    // clap renders "error: ...", maybe continued on indented lines, then blank-line separated
+    // tips, usage and a hint: keep the error and the tips, on one line.
+    let text = e.render().to_string();
+    let mut paragraphs = text.split("\n\n").map(one_line).filter(|p| !p.is_empty());
+    let first = paragraphs.next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(&first);
+    let mut message = if first.is_empty() {
+        "invalid command line".to_string()
+    } else {
+        first.to_string()
+    };
+    for tip in paragraphs.filter(|p| p.starts_with("tip: ")) {
+        let _ = write!(message, "; {tip}");
+    }
+    message.push_str(" (see `drover --help`)");
+    report(&Failure::new(EXIT_CONFIG, message))
+}
+
+/// `http://` + the listen address, a wildcard address replaced by loopback.
+pub fn default_url(addr: SocketAddr) -> String {
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("http://{addr}")
+}
+
+/// `host:port` -> `http://host:port`; no trailing slash.
+fn normalize_url(url: &str) -> Result<String, Failure> {
+    let url = url.trim().trim_end_matches('/');
+    if url.is_empty() {
+        return Err(Failure::new(EXIT_CONFIG, "--url is empty"));
+    }
+    let url = if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    };
+    match reqwest::Url::parse(&url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(url),
+        Ok(u) => Err(Failure::new(
+            EXIT_CONFIG,
+            format!("--url {url}: unsupported scheme `{}`", u.scheme()),
+        )),
+        Err(e) => Err(Failure::new(EXIT_CONFIG, format!("--url {url}: {e}"))),
+    }
+}
+
+fn client_command(command: Command, client: Client) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(EXIT_ERROR, format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async {
+        match command {
+            Command::Status { json } => {
+                let body = client.get("/status?format=json").await?;
+                if json {
+                    println!("{}", pretty(&body));
+                } else {
+                    let snap: Snapshot = serde_json::from_value(body).map_err(|e| {
+                        Failure::new(
+                            EXIT_ERROR,
+                            format!("unexpected answer from {}/status: {e}", client.base),
+                        )
+                    })?;
+                    print!("{}", render_tree(&snap, use_colour()));
+                }
+            }
+            Command::Kill { path } => {
+                let path = path.trim_matches('/');
+                let body = client.post(&format!("/actors/{path}/kill")).await?;
+                match body.get("generation").and_then(|g| g.as_u64()) {
+                    Some(g) => println!("killed {path} (generation {g})"),
+                    None => println!("killed {path}"),
+                }
+            }
+            Command::Retry { id } => {
+                let body = client
+                    .post(&format!("/messages/{}/retry", id.trim()))
+                    .await?;
+                println!("{}", pretty(&body));
+            }
+            Command::Redrive { dry_run } => {
+                let path = if dry_run {
+                    "/failed/redrive?dry_run=true"
+                } else {
+                    "/failed/redrive"
+                };
+                let body = client.post(path).await?;
+                println!("{}", pretty(&body));
+            }
+            Command::Serve | Command::Config => unreachable!("not a client command"),
+        }
+        Ok(())
+    })
+}
+
+fn pretty(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.trim_end().to_string(),
+        v => serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()),
+    }
+}
+
+/// A client of one running drover.
+#[derive(Debug)]
+struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    fn new(base: String, token: String) -> Result<Self, Failure> {
+        let http = reqwest::Client::builder()
+            .timeout(CLIENT_TIMEOUT)
+            .connect_timeout(CLIENT_TIMEOUT)
+            .user_agent(concat!("drover-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Failure::new(EXIT_ERROR, format!("cannot build an HTTP client: {e}")))?;
+        Ok(Client { base, token, http })
+    }
+
+    async fn get(&self, path: &str) -> Result<serde_json::Value, Failure> {
+        self.send(reqwest::Method::GET, path, false).await
+    }
+
+    /// An admin call: with the bearer token.
+    async fn post(&self, path: &str) -> Result<serde_json::Value, Failure> {
+        self.send(reqwest::Method::POST, path, true).await
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        admin: bool,
+    ) -> Result<serde_json::Value, Failure> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method.clone(), &url);
+        if admin && !self.token.is_empty() {
+            req = req.bearer_auth(&self.token);
+        }
+        let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
+        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+        });
+        if status.is_success() {
+            return Ok(body);
+        }
+        let mut message = format!("{method} {url}: {status}");
+        let detail = match &body {
+            serde_json::Value::Object(o) => o.get("error").map(|e| match e {
+                serde_json::Value::String(s) => s.clone(),
+                e => e.to_string(),
+            }),
+            serde_json::Value::String(s) if !s.trim().is_empty() => {
+                Some(s.chars().take(200).collect())
+            }
+            _ => None,
+        };
+        if let Some(d) = detail {
+            let _ = write!(message, ": {d}");
+        }
+        if status == reqwest::StatusCode::UNAUTHORIZED && admin && self.token.is_empty() {
+            message.push_str(" (no token: pass --token or set admin.token / DROVER_ADMIN__TOKEN)");
+        }
+        Err(Failure::new(EXIT_ERROR, message))
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> Failure {
+        let cause = root_cause(e);
+        let message = if e.is_connect() {
+            format!("cannot reach drover at {}: {cause}", self.base)
+        } else if e.is_timeout() {
+            format!(
+                "drover at {} did not answer within {}s",
+                self.base,
+                CLIENT_TIMEOUT.as_secs()
+            )
+        } else {
+            format!("request to drover at {} failed: {cause}", self.base)
+        };
+        Failure::new(EXIT_ERROR, message)
+    }
+}
+
+/// The innermost error of a chain ("Connection refused (os error 111)").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// Colour on a terminal, unless `NO_COLOR` is set.
+fn use_colour() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// What the client reads of `GET /status` (the server's `TreeSnapshot`); lenient, so a newer
+/// server with more fields still renders.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Snapshot {
+    pub taken_at_unix_ms: u64,
+    pub roots: Vec<Node>,
+}
+
+/// One node of [`Snapshot`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Node {
+    pub path: String,
+    pub name: String,
+    pub kind: String,
+    pub status: String,
+    pub restart: String,
+    pub generation: u64,
+    pub restarts: u64,
+    pub uptime_ms: Option<u64>,
+    pub next_restart_in_ms: Option<u64>,
+    pub last_exits: Vec<Exit>,
+    pub supervisor: Option<Supervisor>,
+    pub children: Vec<Node>,
+}
+
+/// An exit record of [`Node`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Exit {
+    pub class: String,
+    pub reason: String,
+    pub at_unix_ms: u64,
+}
+
+/// A supervisor's own view of itself.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Supervisor {
+    pub strategy: String,
+    pub max_restarts: u32,
+    pub period_ms: u64,
+    pub window_used: u32,
+    pub dynamic_children: usize,
+    pub max_children: Option<usize>,
+    pub gave_up: Option<String>,
+}
+
+const GREEN: &str = "\x1b[32m";
+const YELLOW: &str = "\x1b[33m";
+const RED: &str = "\x1b[31m";
+const BOLD: &str = "\x1b[1m";
+const RESET: &str = "\x1b[0m";
+
+fn status_colour(status: &str) -> Option<&'static str> {
+    match status {
+        "running" => Some(GREEN),
+        "backing_off" | "restarting" | "starting" => Some(YELLOW),
+        "stopped" | "stopping" => Some(RED),
+        _ => None,
+    }
+}
+
+/// `1500` -> `1.5s`.
+fn human_ms(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m{:02}s", ms / 60_000, ms % 60_000 / 1000),
+        _ => format!("{}h{:02}m", ms / 3_600_000, ms % 3_600_000 / 60_000),
+    }
+}
+
+/// The tree, one node a line: status (coloured if `colour`), generation, restarts, uptime,
+/// the backoff countdown, the last exit; per supervisor its strategy and intensity window.
+pub fn render_tree(snap: &Snapshot, colour: bool) -> String {
+    let paint = |code: &str, text: &str| {
+        if colour {
+            format!("{code}{text}{RESET}")
+        } else {
+            text.to_string()
+        }
+    };
+    let mut out = String::new();
+    let mut stack: Vec<(&Node, String, bool, bool)> = snap
+        .roots
+        .iter()
+        .rev()
+        .map(|r| (r, String::new(), true, true))
+        .collect();
+    while let Some((n, prefix, last, root)) = stack.pop() {
+        let branch = match (root, last) {
+            (true, _) => "",
+            (false, true) => "└── ",
+            (false, false) => "├── ",
+        };
+        let status = match status_colour(&n.status) {
+            Some(c) => paint(c, &n.status),
+            None => n.status.clone(),
+        };
+        let mut kind = n.kind.clone();
+        if !n.restart.is_empty() && n.restart != "permanent" {
+            let _ = write!(kind, ", {}", n.restart);
+        }
+        let _ = write!(
+            out,
+            "{prefix}{branch}{} [{kind}] {status} gen {} restarts {}",
+            paint(BOLD, &n.name),
+            n.generation,
+            n.restarts
+        );
+        if let Some(s) = &n.supervisor {
+            let _ = write!(
+                out,
+                " | {} {}/{} in {}",
+                s.strategy,
+                s.window_used,
+                s.max_restarts,
+                human_ms(s.period_ms)
+            );
+            if s.dynamic_children > 0 || s.max_children.is_some() {
+                match s.max_children {
+                    Some(max) => {
+                        let _ = write!(out, " | {}/{max} dynamic", s.dynamic_children);
+                    }
+                    None => {
+                        let _ = write!(out, " | {} dynamic", s.dynamic_children);
+                    }
+                }
+            }
+        }
+        if let (Some(up), "running") = (n.uptime_ms, n.status.as_str()) {
+            let _ = write!(out, " | up {}", human_ms(up));
+        }
+        if let Some(ms) = n.next_restart_in_ms {
+            let text = format!("restart in {}", human_ms(ms));
+            let _ = write!(out, " | {}", paint(YELLOW, &text));
+        }
+        if let Some(e) = n.last_exits.last() {
+            let _ = write!(out, " | last exit: {}", e.class);
+            if !e.reason.is_empty() && e.reason != e.class {
+                let _ = write!(out, " ({})", one_line(&e.reason));
+            }
+            if e.at_unix_ms > 0 && snap.taken_at_unix_ms >= e.at_unix_ms {
+                let _ = write!(
+                    out,
+                    " {} ago",
+                    human_ms(snap.taken_at_unix_ms - e.at_unix_ms)
+                );
+            }
+        }
+        if let Some(reason) = n.supervisor.as_ref().and_then(|s| s.gave_up.as_ref()) {
+            let text = format!("GAVE UP: {}", one_line(reason));
+            let _ = write!(out, " | {}", paint(RED, &text));
+        }
+        out.push('\n');
+        let child_prefix = if root {
+            String::new()
+        } else {
+            format!("{prefix}{}", if last { "    " } else { "│   " })
+        };
+        let count = n.children.len();
+        for (i, c) in n.children.iter().enumerate().rev() {
+            stack.push((c, child_prefix.clone(), i + 1 == count, false));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn no_command_means_serve_and_globals_go_anywhere() {
+        let cli = Cli::try_parse_from(["drover"]).unwrap();
+        assert!(cli.command.is_none());
+        let cli = Cli::try_parse_from(["drover", "kill", "root/x", "--url", "h:1", "--token", "t"])
+            .unwrap();
+        assert!(matches!(cli.command, Some(Command::Kill { ref path }) if path == "root/x"));
+        assert_eq!(cli.url.as_deref(), Some("h:1"));
+        assert_eq!(cli.token.as_deref(), Some("t"));
+        let cli = Cli::try_parse_from(["drover", "redrive", "--dry-run"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Redrive { dry_run: true })
+        ));
+    }
+
+    #[test]
+    fn default_url_replaces_wildcards_with_loopback() {
+        assert_eq!(
+            default_url("0.0.0.0:8080".parse().unwrap()),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(default_url("[::]:9".parse().unwrap()), "http://[::1]:9");
+        assert_eq!(
+            default_url("10.1.2.3:80".parse().unwrap()),
+            "http://10.1.2.3:80"
+        );
+        assert_eq!(normalize_url("127.0.0.1:1/").unwrap(), "http://127.0.0.1:1");
+        assert!(normalize_url("ftp://x").is_err());
+    }
+
+    fn sample() -> Snapshot {
+        serde_json::from_value(serde_json::json!({
+            "taken_at_unix_ms": 10_000,
+            "nodes": 3,
+            "roots": [{
+                "path": "root", "name": "root", "kind": "supervisor", "status": "running",
+                "restart": "permanent", "generation": 1, "restarts": 0, "uptime_ms": 5000,
+                "last_exits": [],
+                "supervisor": {"strategy": "one_for_one", "max_restarts": 10,
+                               "period_ms": 60000, "window_used": 2, "dynamic_children": 0,
+                               "max_children": null, "gave_up": null},
+                "children": [
+                    {"path": "root/flaky", "name": "flaky", "kind": "worker",
+                     "status": "backing_off", "restart": "permanent", "generation": 3,
+                     "restarts": 2, "next_restart_in_ms": 900,
+                     "last_exits": [{"generation": 2, "class": "abnormal", "reason": "boom",
+                                     "at_ms": 1, "at_unix_ms": 8_000}],
+                     "children": []},
+                    {"path": "root/gone", "name": "gone", "kind": "worker",
+                     "status": "stopped", "restart": "transient", "generation": 1,
+                     "restarts": 0, "last_exits": [], "children": []}
+                ]
+            }]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_tree_shows_counts_countdown_and_last_exit() {
+        let text = render_tree(&sample(), false);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("root [supervisor] running gen 1 restarts 0"));
+        assert!(lines[0].contains("one_for_one 2/10 in 1m00s"), "{text}");
+        assert!(lines[1].starts_with("├── flaky [worker] backing_off gen 3 restarts 2"));
+        assert!(lines[1].contains("restart in 900ms"), "{text}");
+        assert!(
+            lines[1].contains("last exit: abnormal (boom) 2.0s ago"),
+            "{text}"
+        );
+        assert!(lines[2].starts_with("└── gone [worker, transient] stopped"));
+        assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn statuses_are_coloured_on_a_terminal() {
+        let text = render_tree(&sample(), true);
+        assert!(text.contains("\x1b[32mrunning\x1b[0m"), "{text}");
+        assert!(text.contains("\x1b[33mbacking_off\x1b[0m"), "{text}");
+        assert!(text.contains("\x1b[31mstopped\x1b[0m"), "{text}");
+    }
+}

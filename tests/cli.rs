@@ -1,0 +1,198 @@
+//! The command line, run as the real binary: help, `config`, usage and configuration errors,
+//! and the client commands against an instance started in-process by the test.
+
+use std::process::Output;
+
+use drover::Config;
+use tokio::process::Command;
+
+/// The binary with a clean environment as far as drover is concerned: no `DROVER_*` variables
+/// from the caller leak into the child.
+fn drover(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_drover"));
+    cmd.args(args).env_remove("NO_COLOR").kill_on_drop(true);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("DROVER_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+async fn output(cmd: &mut Command) -> Output {
+    tokio::time::timeout(std::time::Duration::from_secs(60), cmd.output())
+        .await
+        .expect("drover did not finish within 60 s")
+        .expect("cannot run drover")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Exactly one line on stderr, `drover: ...`; returns it.
+fn one_error_line(o: &Output) -> String {
+    let err = stderr(o);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line on stderr, got: {err:?}");
+    assert!(lines[0].starts_with("drover: "), "{err:?}");
+    lines[0].to_string()
+}
+
+#[tokio::test]
+async fn help_succeeds_and_lists_the_commands() {
+    let o = output(&mut drover(&["--help"])).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let help = stdout(&o);
+    for word in [
+        "serve", "status", "kill", "retry", "redrive", "config", "--url", "--token",
+    ] {
+        assert!(help.contains(word), "`{word}` missing from --help:\n{help}");
+    }
+}
+
+#[tokio::test]
+async fn config_prints_the_effective_config_with_secrets_redacted() {
+    let o = output(drover(&["config"]).env("DROVER_ADMIN__TOKEN", "secret")).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("[http]"), "{out}");
+    assert!(out.contains("<redacted>"), "{out}");
+    assert!(!out.contains("secret"), "{out}");
+}
+
+#[tokio::test]
+async fn a_bad_config_key_exits_2_with_one_line() {
+    let o = output(drover(&["config"]).env("DROVER_HTTP__BOGUS", "1")).await;
+    assert_eq!(o.status.code(), Some(2));
+    let line = one_error_line(&o);
+    assert!(line.contains("bogus"), "{line}");
+    assert!(stdout(&o).is_empty());
+}
+
+#[tokio::test]
+async fn a_missing_config_file_exits_2() {
+    let o = output(&mut drover(&[
+        "--config",
+        "/nonexistent/drover.toml",
+        "config",
+    ]))
+    .await;
+    assert_eq!(o.status.code(), Some(2));
+    let line = one_error_line(&o);
+    assert!(line.contains("/nonexistent/drover.toml"), "{line}");
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2_with_one_line() {
+    let o = output(&mut drover(&["frobnicate"])).await;
+    assert_eq!(o.status.code(), Some(2));
+    let line = one_error_line(&o);
+    assert!(line.contains("frobnicate"), "{line}");
+
+    let o = output(&mut drover(&["kill"])).await;
+    assert_eq!(o.status.code(), Some(2));
+    let line = one_error_line(&o);
+    assert!(line.contains("<PATH>"), "{line}");
+}
+
+#[tokio::test]
+async fn an_unreachable_instance_exits_1_with_one_clear_line() {
+    let o = output(&mut drover(&["status", "--url", "http://127.0.0.1:1"])).await;
+    assert_eq!(o.status.code(), Some(1));
+    let line = one_error_line(&o);
+    assert!(
+        line.starts_with("drover: cannot reach drover at http://127.0.0.1:1"),
+        "{line}"
+    );
+}
+
+fn live_config(token: &str) -> Config {
+    let mut c = Config::default();
+    c.http.addr = "127.0.0.1:0".parse().unwrap();
+    c.admin.token = token.into();
+    c.admin.allow_destructive_actions = true;
+    c.pipeline.enabled = false;
+    c.demo.enabled = true;
+    // No scheduled crashes: the ticker stays up for the kill below.
+    c.demo.crash_every_ms = 0;
+    c.demo.job_every_ms = 0;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands_against_a_live_instance() {
+    let app = drover::start(live_config("s3cret")).await.unwrap();
+    let url = format!("http://{}", app.addr);
+
+    let o = output(&mut drover(&["status", "--url", &url])).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let tree = stdout(&o);
+    assert!(tree.starts_with("root [supervisor] running"), "{tree}");
+    assert!(tree.contains("ticker [worker] running"), "{tree}");
+    assert!(
+        !tree.contains('\x1b'),
+        "no colour when stdout is not a terminal"
+    );
+
+    let o = output(&mut drover(&["status", "--json", "--url", &url])).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json["roots"][0]["path"], "root");
+
+    let o = output(&mut drover(&[
+        "kill",
+        "root/demo/ticker",
+        "--url",
+        &url,
+        "--token",
+        "wrong",
+    ]))
+    .await;
+    assert_eq!(o.status.code(), Some(1));
+    let line = one_error_line(&o);
+    assert!(line.contains("401"), "{line}");
+    assert!(line.contains("bearer token"), "{line}");
+
+    // The token from the config layering (DROVER_ADMIN__TOKEN) when --token is absent.
+    let o = output(
+        drover(&["kill", "root/demo/ticker", "--url", &url]).env("DROVER_ADMIN__TOKEN", "wrong"),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(one_error_line(&o).contains("401"));
+
+    let o = output(&mut drover(&[
+        "kill",
+        "root/demo/ticker",
+        "--url",
+        &url,
+        "--token",
+        "s3cret",
+    ]))
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("killed root/demo/ticker"),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = output(&mut drover(&[
+        "kill",
+        "root/nope",
+        "--url",
+        &url,
+        "--token",
+        "s3cret",
+    ]))
+    .await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(one_error_line(&o).contains("404"));
+
+    app.shutdown().await.unwrap();
+}
