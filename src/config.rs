@@ -7,6 +7,7 @@ use std::path::Path;
 use drover_actors::broker::BrokerConfig;
 use drover_actors::demo::DemoConfig;
 use drover_actors::message::MessageConfig;
+use drover_actors::pipeline::alerts::AlertConfig;
 use drover_actors::pipeline::{DeliveryConfig, PipelineConfig, SchedulerConfig};
 use drover_actors::provider::ProviderConfig;
 use drover_actors::store::StoreConfig;
@@ -49,6 +50,7 @@ pub struct Config {
     pub message: MessageConfig,
     pub delivery: DeliveryConfig,
     pub scheduler: SchedulerConfig,
+    pub alerts: AlertConfig,
     pub demo: DemoConfig,
 }
 
@@ -91,6 +93,7 @@ impl Config {
             message: self.message.clone(),
             delivery: self.delivery.clone(),
             scheduler: self.scheduler.clone(),
+            alerts: self.alerts.clone(),
         }
     }
 
@@ -124,6 +127,9 @@ impl Config {
         }
         shown.store.url = redact_url(&shown.store.url);
         shown.broker.url = redact_url(&shown.broker.url);
+        if let Some(u) = shown.alerts.webhook_url.as_mut() {
+            *u = redact_url(u);
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }

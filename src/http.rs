@@ -5,6 +5,7 @@
 //!
 //! | route | what |
 //! |---|---|
+//! | `GET /` | the live dashboard (see [`crate::dashboard`]) |
 //! | `GET /status` | the whole tree as JSON; `?format=text` for a terminal |
 //! | `POST /actors/{path}/kill` | kill the actor at `path` (admin: bearer token + switch) |
 //! | `POST /messages` | accept a message (the contract of `drover_actors::message`): validated, published to the work queue with a confirm; 202 with its id |
@@ -111,6 +112,7 @@ pub fn router_with_metrics(
     metrics: Metrics,
 ) -> Router {
     Router::new()
+        .route("/", get(crate::dashboard::page))
         .route("/status", get(status))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))

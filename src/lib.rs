@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod exit;
 pub mod http;
 pub mod metrics;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use drover_actors::broker::{Broker, MemoryBroker};
 use drover_actors::clock::Clock;
+use drover_actors::pipeline::alerts;
 use drover_actors::pipeline::ops::{Ops, sample_queues};
 use drover_actors::pipeline::{Pipeline, pipeline_children};
 use drover_actors::provider::Provider;
@@ -225,6 +227,7 @@ impl App {
     pub async fn serve_until(self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
         let App {
             tree,
+            pipeline,
             root,
             mut root_done,
             http_stop,
@@ -245,6 +248,11 @@ impl App {
         };
         let _ = http_stop.send(());
         let _ = http_task.await;
+        if let Err(RunError::RootGaveUp(reason)) = &result {
+            // The root took the alert worker down with it: send this last alert directly.
+            let alert = alerts::Alert::gave_up(&pipeline.root, &pipeline.root, reason);
+            alerts::send_now(&pipeline.config.alerts, &alert, pipeline.clock.now_ms()).await;
+        }
         if let Err(e) = &result {
             tracing::error!(error = %e, "drover stops");
         }

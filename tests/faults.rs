@@ -3,7 +3,12 @@
 //!
 //! * every RabbitMQ connection is closed by the broker (`rabbitmqctl close_all_connections`),
 //! * PostgreSQL restarts (`pg_ctlcluster <version> main restart`),
-//! * actors are killed: random delivery workers, the consumer, the connection actor.
+//! * actors are killed: random delivery workers, the consumer, the connection actor;
+//! * the store actor is killed and kept down a second by its backoff;
+//!
+//! plus, while idle, the consumer and the connection actor are killed and must not leave
+//! their channel or connection behind. One message in 20 of each load fails its first
+//! provider call (503), so retries are in flight too.
 //!
 //! After each, the invariant: every published message ends in exactly one terminal state in
 //! the store (here: sent, since the provider accepts everything), none is missing, the

@@ -75,7 +75,7 @@
 //! defaults as drover's; `0` = no group commit), `DROVER_BENCH_BATCH`,
 //! `DROVER_BENCH_QUIET_WAIT_S`, `DROVER_BENCH_KEEP`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -195,6 +195,7 @@ struct Settings {
     messages: usize,
     amqp_url: String,
     database_url: String,
+    database_port: u16,
     prefetch: u16,
     max_connections: u32,
     /// `store.group_commit_max_batch` (0 = one transaction per call).
@@ -246,10 +247,17 @@ impl Settings {
         if !matches!(log.as_str(), "off" | "json") {
             return Err(format!("DROVER_BENCH_LOG={log:?}: use off or json"));
         }
+        let database_url: String =
+            env_or("DROVER_TEST_DATABASE_URL", DEFAULT_DATABASE_URL.to_string())?;
+        let database_port = database_url
+            .parse::<PgConnectOptions>()
+            .map_err(|e| format!("DROVER_TEST_DATABASE_URL: {e}"))?
+            .get_port();
         Ok(Settings {
             messages,
             amqp_url: env_or("DROVER_TEST_AMQP_URL", DEFAULT_AMQP_URL.to_string())?,
-            database_url: env_or("DROVER_TEST_DATABASE_URL", DEFAULT_DATABASE_URL.to_string())?,
+            database_url,
+            database_port,
             prefetch,
             max_connections: env_or(
                 "DROVER_BENCH_MAX_CONNECTIONS",
@@ -1206,6 +1214,8 @@ struct CpuDelta {
     threads: BTreeMap<String, f64>,
     process: f64,
     postgres: f64,
+    /// Of `postgres`: the backends serving this process's connections.
+    postgres_mine: f64,
     rabbitmq: f64,
     /// Busy CPU seconds of the machine not accounted for by the three above.
     other: f64,
@@ -1213,7 +1223,7 @@ struct CpuDelta {
     cores: f64,
 }
 
-fn cpu_delta(before: &CpuSnap, after: &CpuSnap) -> CpuDelta {
+fn cpu_delta(before: &CpuSnap, after: &CpuSnap, mine: &HashSet<u64>) -> CpuDelta {
     let mut d = CpuDelta::default();
     for (tid, (name, ticks)) in &after.threads {
         let was = before.threads.get(tid).map_or(0, |(_, t)| *t);
@@ -1226,6 +1236,9 @@ fn cpu_delta(before: &CpuSnap, after: &CpuSnap) -> CpuDelta {
         let secs = ticks.saturating_sub(was) as f64 / TICKS_PER_SEC;
         if comm == "postgres" {
             d.postgres += secs;
+            if mine.contains(pid) {
+                d.postgres_mine += secs;
+            }
         } else {
             d.rabbitmq += secs;
         }
@@ -1236,6 +1249,60 @@ fn cpu_delta(before: &CpuSnap, after: &CpuSnap) -> CpuDelta {
     d.cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
     d.other = (busy / TICKS_PER_SEC - d.process - d.postgres - d.rabbitmq).max(0.0);
     d
+}
+
+/// Local ports of this process's TCP connections to `remote_port`.
+fn my_local_ports(remote_port: u16) -> Vec<i32> {
+    let inodes: HashSet<u64> = std::fs::read_dir("/proc/self/fd")
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| {
+                    let link = std::fs::read_link(e.path()).ok()?;
+                    let link = link.to_str()?;
+                    link.strip_prefix("socket:[")?
+                        .strip_suffix(']')?
+                        .parse()
+                        .ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let port = |addr: &str| {
+        addr.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(remote), Some(inode)) = (f.get(1), f.get(2), f.get(9)) else {
+                continue;
+            };
+            if port(remote) == Some(remote_port)
+                && inode.parse().is_ok_and(|i: u64| inodes.contains(&i))
+            {
+                if let Some(p) = port(local) {
+                    ports.push(i32::from(p));
+                }
+            }
+        }
+    }
+    ports
+}
+
+/// PostgreSQL backends (pids) serving this process's connections.
+async fn my_backends(admin: &PgPool, server_port: u16) -> HashSet<u64> {
+    let ports = my_local_ports(server_port);
+    sqlx::query_scalar::<_, i32>("SELECT pid FROM pg_stat_activity WHERE client_port = ANY($1)")
+        .bind(ports)
+        .fetch_all(admin)
+        .await
+        .map(|pids| pids.into_iter().map(|p| p as u64).collect())
+        .unwrap_or_default()
 }
 
 /// The machine's busy share over `window`.
@@ -1435,6 +1502,13 @@ impl PhaseReport {
             c.other,
             c.machine_busy * 100.0,
             c.cores
+        );
+        let sut_threads = c.threads.get("sut").copied().unwrap_or(0.0);
+        let own = sut_threads + c.postgres_mine;
+        println!(
+            "[{k}] CPU of the system under test: its runtime {sut_threads:.2} s + its PostgreSQL backends {:.2} s = {:.0} µs/msg (RabbitMQ and the harness excluded; the backends include the harness's few polls)",
+            c.postgres_mine,
+            per_msg(own)
         );
         if c.other > 0.1 * secs * c.cores {
             println!(
@@ -1691,6 +1765,7 @@ async fn run_phase(
         }
         .await;
         let cpu_after = cpu_snapshot();
+        let mine = my_backends(admin, s.database_port).await;
         let rss_peak_kb = status_kb("VmHWM").unwrap_or(0);
         let counters = sut.counters().map(|c| {
             (
@@ -1780,7 +1855,7 @@ async fn run_phase(
             rss_peak_kb,
             rss_end_kb: status_kb("VmRSS").unwrap_or(0),
             peak_reset,
-            cpu: cpu_delta(&cpu_before, &cpu_after),
+            cpu: cpu_delta(&cpu_before, &cpu_after, &mine),
             notes,
         })
     }
@@ -1924,14 +1999,34 @@ fn summary(s: &Settings, reports: &[PhaseReport]) -> Vec<Row> {
             "",
             "",
         ));
-        let peak = of(*k).map(|r| r.rss_peak_kb).max().unwrap_or(0);
-        let delta = of(*k)
-            .map(|r| r.rss_peak_kb.saturating_sub(r.rss_start_kb))
-            .max()
-            .unwrap_or(0);
+        // Later rounds reuse memory the allocator kept: the first run of a phase is the one
+        // that shows what it needs.
+        if let Some(first) = of(*k).next() {
+            rows.push(row(
+                format!("{name} peak RSS in phase / over its start"),
+                format!(
+                    "{:.1} / +{:.1} MiB{}",
+                    mib(first.rss_peak_kb),
+                    mib(first.rss_peak_kb.saturating_sub(first.rss_start_kb)),
+                    if s.rounds > 1 { " (round 1)" } else { "" }
+                ),
+                "",
+                "",
+            ));
+        }
         rows.push(row(
-            format!("{name} peak RSS in phase / over its start"),
-            format!("{:.1} / +{:.1} MiB", mib(peak), mib(delta)),
+            format!("{name} CPU per message (runtime + its PG backends)"),
+            format!(
+                "{:.0} µs",
+                median(
+                    of(*k)
+                        .map(|r| {
+                            let sut = r.cpu.threads.get("sut").copied().unwrap_or(0.0);
+                            (sut + r.cpu.postgres_mine) * 1e6 / r.n as f64
+                        })
+                        .collect()
+                )
+            ),
             "",
             "",
         ));

@@ -404,7 +404,7 @@ impl Actor for ConsumerWorker {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ConsumerMessage::Delivered(d) => {
-                state.p.ops.metrics.consumed.increment(1);
+                state.p.ops.record_consumed();
                 let workers = match state.p.workers() {
                     Ok(w) => w,
                     Err(e) => {

@@ -1,5 +1,5 @@
-//! Configuration of the delivery pipeline's own actors (`[delivery]`, `[scheduler]`), and the
-//! composition the pipeline receives.
+//! Configuration of the delivery pipeline's own actors (`[delivery]`, `[scheduler]`; `[alerts]`
+//! lives in `alerts`), and the composition the pipeline receives.
 
 use std::time::Duration;
 
@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::BrokerConfig;
 use crate::message::MessageConfig;
+use crate::pipeline::alerts::AlertConfig;
 use crate::provider::ProviderConfig;
 use crate::store::StoreConfig;
 use crate::supervisor::SplitMix64;
@@ -99,6 +100,7 @@ pub struct PipelineConfig {
     pub message: MessageConfig,
     pub delivery: DeliveryConfig,
     pub scheduler: SchedulerConfig,
+    pub alerts: AlertConfig,
 }
 
 #[cfg(test)]

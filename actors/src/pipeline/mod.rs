@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! root (RootSupervisor: one_for_one)
+//! ├── alerts      AlertWorker      logs alerts, POSTs them to [alerts] webhook_url (dedupe, rate limit)
 //! ├── store       StoreWorker      owns the sqlx pool; pings it; fails when the database is gone
 //! ├── provider    ProviderWorker   owns the HTTP provider client and its circuit breaker
 //! ├── broker      BrokerSupervisor (rest_for_one)
@@ -9,8 +10,12 @@
 //! │   ├── publisher   PublisherWorker   its own confirm-mode channel
 //! │   ├── consumer    ConsumerWorker    its own channel on the work queue; one worker per delivery
 //! │   └── workers     WorkersSupervisor (one_for_one, dynamic DeliveryWorker, temporary)
-//! └── scheduler   SchedulerWorker  republishes due retries from the database
+//! ├── scheduler   SchedulerWorker  republishes due retries from the database
+//! └── monitor     MonitorWorker    samples the work queue; alerts on a backlog
 //! ```
+//!
+//! `alerts` starts first so every other actor can raise an alert ([`alerts::raise`]); it also
+//! turns a supervisor giving up (from the tree's event stream) into an alert.
 //!
 //! A lost RabbitMQ connection fails `connection`; rest_for_one restarts the publisher, the
 //! consumer and the workers with it (they hold its channels and deliveries), and nothing
@@ -18,8 +23,10 @@
 //! at once. A delivery is acked only after the database commit of its outcome and the
 //! confirm of any publish it caused.
 
+pub mod alerts;
 pub mod broker;
 pub mod config;
+pub mod monitor;
 pub mod ops;
 pub mod provider_worker;
 pub mod scheduler;
@@ -107,6 +114,10 @@ impl Pipeline {
     pub fn scheduler(&self) -> Result<ActorRef<scheduler::SchedulerMessage>, PipelineError> {
         self.lookup("scheduler", "the scheduler")
     }
+
+    pub fn alerts(&self) -> Result<ActorRef<alerts::AlertMessage>, PipelineError> {
+        self.lookup("alerts", "the alert worker")
+    }
 }
 
 /// The root supervisor's children for the delivery pipeline, in start order.
@@ -115,7 +126,9 @@ pub fn pipeline_children(p: &Pipeline) -> Vec<ChildSpec> {
     let intensity = p.config.supervision.intensity();
     let seed = p.config.supervision.seed;
     let (ps, pp, pb, psch) = (p.clone(), p.clone(), p.clone(), p.clone());
+    let (pa, pm) = (p.clone(), p.clone());
     vec![
+        ChildSpec::worker("alerts", move |_| (alerts::AlertWorker, pa.clone())).backoff(backoff),
         ChildSpec::worker("store", move |_| (store_worker::StoreWorker, ps.clone()))
             .backoff(backoff),
         ChildSpec::worker("provider", move |_| {
@@ -161,5 +174,7 @@ pub fn pipeline_children(p: &Pipeline) -> Vec<ChildSpec> {
             (scheduler::SchedulerWorker, psch.clone())
         })
         .backoff(backoff),
+        ChildSpec::worker("monitor", move |_| (monitor::MonitorWorker, pm.clone()))
+            .backoff(backoff),
     ]
 }

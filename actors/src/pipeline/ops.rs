@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use metrics::{Counter, Histogram, Unit};
 use parking_lot::{Mutex, RwLock};
@@ -216,6 +216,7 @@ struct Cells {
     queues: RwLock<BTreeMap<String, QueueSample>>,
     consumption_paused: AtomicBool,
     redrive: Mutex<RedriveStatus>,
+    consumed: AtomicU64,
 }
 
 /// The pipeline's cached operational state and metrics. Cheap to clone; clones share it.
@@ -267,6 +268,17 @@ impl Ops {
     /// Record a queue sample.
     pub fn set_queue(&self, queue: &str, sample: QueueSample) {
         self.cells.queues.write().insert(queue.to_owned(), sample);
+    }
+
+    /// Deliveries taken from the work queue so far (read by the backlog monitor).
+    pub fn consumed(&self) -> u64 {
+        self.cells.consumed.load(Ordering::Relaxed)
+    }
+
+    /// Count a delivery taken from the work queue (also in the `consumed` metric).
+    pub fn record_consumed(&self) {
+        self.cells.consumed.fetch_add(1, Ordering::Relaxed);
+        self.metrics.consumed.increment(1);
     }
 
     /// Whether an operator paused consumption (a restarted consumer stays paused).

@@ -62,6 +62,33 @@ pub struct ProviderState {
     circuit: CircuitBreaker,
     probe_in_flight: bool,
     closed_transitions: u64,
+    /// Since when the circuit has been open (half-open probes included), Unix ms.
+    open_since_ms: Option<i64>,
+}
+
+impl ProviderState {
+    /// A send was refused: alert if the circuit has stayed open too long.
+    fn check_open_too_long(&self) {
+        let Some(since) = self.open_since_ms else {
+            return;
+        };
+        let open_ms = self.p.clock.now_ms() - since;
+        let limit = self.p.config.alerts.circuit_open_alert_ms;
+        if open_ms > limit as i64 {
+            crate::pipeline::alerts::raise(
+                &self.p,
+                crate::pipeline::alerts::Alert {
+                    kind: crate::pipeline::alerts::AlertKind::CircuitOpen,
+                    key: "circuit_open".into(),
+                    summary: format!("provider circuit open for {open_ms} ms"),
+                    details: serde_json::json!({
+                        "open_ms": open_ms,
+                        "state": self.circuit.state(),
+                    }),
+                },
+            );
+        }
+    }
 }
 
 impl Actor for ProviderWorker {
@@ -83,6 +110,7 @@ impl Actor for ProviderWorker {
             circuit,
             probe_in_flight: false,
             closed_transitions: 0,
+            open_since_ms: None,
         })
     }
 
@@ -107,12 +135,14 @@ impl Actor for ProviderWorker {
                     Permit::Allowed => false,
                     Permit::Probe if !state.probe_in_flight => true,
                     Permit::Probe => {
+                        state.check_open_too_long();
                         let _ = reply.send(SendResult::CircuitOpen {
                             retry_at_ms: state.p.clock.now_ms() + 1_000,
                         });
                         return Ok(());
                     }
                     Permit::Rejected { retry_at } => {
+                        state.check_open_too_long();
                         let wait = retry_at.saturating_duration_since(tokio::time::Instant::now());
                         let _ = reply.send(SendResult::CircuitOpen {
                             retry_at_ms: state.p.clock.now_ms() + wait.as_millis() as i64,
@@ -150,9 +180,11 @@ impl Actor for ProviderWorker {
                 match state.circuit.on_outcome(&outcome) {
                     Some(Transition::Opened) => {
                         tracing::error!(outcome = ?outcome, "provider circuit opened");
+                        state.open_since_ms.get_or_insert(state.p.clock.now_ms());
                     }
                     Some(Transition::Closed) => {
                         state.closed_transitions += 1;
+                        state.open_since_ms = None;
                         tracing::info!("provider circuit closed: sending works again");
                         if let Ok(s) = state.p.scheduler() {
                             let _ = s.send_message(

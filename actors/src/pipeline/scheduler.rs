@@ -101,11 +101,19 @@ impl Actor for SchedulerWorker {
             SchedulerMessage::Wake(at) => state.plan(&myself, at),
             SchedulerMessage::Tick => {
                 state.planned = None;
-                republish_due(&state.p).await?;
-                let store = store_of(&state.p).await?;
                 let now = state.p.clock.now_ms();
                 let poll = now + state.p.config.scheduler.poll_ms as i64;
-                let next = store.next_due_at().await?.map_or(poll, |d| d.min(poll));
+                // The due rows stay in the database: a tick that cannot reach the store or the
+                // broker is simply retried at the next poll. Those collaborators' own actors
+                // fail and restart for their outages; the scheduler crashing too would only
+                // spend the root's restart intensity twice for one outage.
+                let next = match tick(&state.p).await {
+                    Ok(next) => next.map_or(poll, |d| d.min(poll)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "scheduler tick skipped; retrying at the next poll");
+                        poll
+                    }
+                };
                 state.plan(&myself, next);
             }
             SchedulerMessage::Retry { id, reply } => {
@@ -140,6 +148,12 @@ impl Actor for SchedulerWorker {
         }
         Ok(())
     }
+}
+
+/// One round: republish what is due, then tell when the next row falls due.
+async fn tick(p: &Pipeline) -> Result<Option<i64>, PipelineError> {
+    republish_due(p).await?;
+    Ok(store_of(p).await?.next_due_at().await?)
 }
 
 /// Claim due rows, republish each with a confirm, release the claims. Repeats while full

@@ -355,6 +355,21 @@ async fn process(state: &mut DeliveryState) -> Result<(), PipelineError> {
     if let Some((class, error)) = failed {
         tracing::error!(alert = "dead_letter", error_class = class, %error, "message failed: moved to the failed queue");
         publish_failed(&p, &msg, class, &error, attempt).await?;
+        crate::pipeline::alerts::raise(
+            &p,
+            crate::pipeline::alerts::Alert {
+                kind: crate::pipeline::alerts::AlertKind::DeadLetter,
+                key: format!("dead_letter:{}", msg.id),
+                summary: format!("message {} failed: {error}", msg.id),
+                details: serde_json::json!({
+                    "id": msg.id,
+                    "correlation_id": msg.correlation_id,
+                    "error_class": class,
+                    "error": error.to_string(),
+                    "attempt": attempt,
+                }),
+            },
+        );
     }
     ack(&mut state.delivery).await
 }
