@@ -606,3 +606,83 @@ fn postgres_version() -> String {
         .unwrap_or_else(|| panic!("no PostgreSQL version under /usr/lib/postgresql"))
         .to_string()
 }
+
+/// `/readyz` follows the database: it fails (503, `database` check failing) while PostgreSQL
+/// is stopped, and passes again once it is back and the store actor has reconnected; `/livez`
+/// stays up throughout (nothing external decides liveness).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readyz_fails_while_postgres_is_stopped_and_passes_when_it_is_back() {
+    let _serial = SERIAL.lock().await;
+    let version = postgres_version();
+    let env = TestEnv::new().await;
+    let app = env.start().await;
+    let client = reqwest::Client::new();
+    let base = format!("http://{}", app.addr);
+    let probe = |path: &'static str| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let resp = client
+                .get(format!("{base}{path}"))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let body: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((status, body))
+        }
+    };
+    support::wait_for("readyz passing at start", WAIT, || async {
+        match probe("/readyz").await {
+            Ok((200, b)) if b["status"] == "pass" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    support::run_command("pg_ctlcluster", &[&version, "main", "stop"]).await;
+    // Whatever happens below, PostgreSQL comes back for the tests after this one.
+    let _restart = StartPostgresOnDrop(version.clone());
+    let failing = support::wait_for("readyz failing while PostgreSQL is down", WAIT, || async {
+        match probe("/readyz").await {
+            Ok((503, b)) if b["status"] == "fail" => Ok(b),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let live = probe("/livez").await;
+    support::run_command("pg_ctlcluster", &[&version, "main", "start"]).await;
+    assert_eq!(
+        failing["checks"]["database"][0]["status"], "fail",
+        "the database check is what fails: {failing}"
+    );
+    assert!(
+        matches!(live, Ok((200, _))),
+        "livez checks nothing external: {live:?}"
+    );
+
+    support::wait_for(
+        "readyz passing once PostgreSQL is back",
+        Duration::from_secs(60),
+        || async {
+            match probe("/readyz").await {
+                Ok((200, b)) if b["status"] == "pass" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    app.shutdown().await.expect("clean shutdown");
+    env.cleanup().await;
+}
+
+/// Starts the PostgreSQL cluster again when dropped (also when a test panics).
+struct StartPostgresOnDrop(String);
+
+impl Drop for StartPostgresOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("pg_ctlcluster")
+            .args([self.0.as_str(), "main", "start"])
+            .status();
+    }
+}

@@ -13,8 +13,12 @@
 //! # Phases (each measured the same way, in one run)
 //!
 //! * **drover**: the root supervisor with `pipeline_children` (store on PostgreSQL with a fresh
-//!   schema, provider = the Twilio client, broker subtree on RabbitMQ), built exactly as
-//!   `drover::start` builds it.
+//!   schema, provider = the Twilio client, broker subtree on RabbitMQ), built as
+//!   `drover::start` builds it, with the default `[supervision]`, `[delivery]`, `[scheduler]`
+//!   and `[store]` group commit settings. What `drover::start` adds around the tree is left
+//!   out: the startup check, the HTTP endpoint, the queue-depth sampler, the Prometheus
+//!   recorder (the pipeline's metrics handles are no-ops) and, unless `DROVER_BENCH_LOG=json`,
+//!   the log subscriber.
 //! * **plain**: a hand-written consumer: lapin consumer with the same prefetch, one tokio task
 //!   per delivery (so at most `prefetch` in flight), parse with `message::parse`, `INSERT` a row
 //!   (autocommit), HTTP POST of the same Twilio form to the same kind of local provider,
