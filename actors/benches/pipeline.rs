@@ -69,7 +69,7 @@
 //! drover gets on this 2-core machine); the harness on its own 1-worker runtime, the same for
 //! every phase.
 //!
-//! Environment: `DROVER_BENCH_MESSAGES` (20000), `DROVER_BENCH_PREFETCH` (64, drover's
+//! Environment: `DROVER_BENCH_MESSAGES` (20000), `DROVER_BENCH_PREFETCH` (256, drover's
 //! default), `DROVER_BENCH_MAX_CONNECTIONS` (8, drover's default pool size, used by every
 //! phase), `DROVER_BENCH_PHASES` (`drover,plain`, in that order; also `tasks`, `batched`),
 //! `DROVER_BENCH_ROUNDS` (1: the phases are run this many times, interleaved, and the summary

@@ -85,7 +85,7 @@ impl Default for BrokerConfig {
             work_queue: "drover.outbound".to_owned(),
             failed_queue: "drover.failed".to_owned(),
             invalid_queue: "drover.invalid".to_owned(),
-            prefetch: 64,
+            prefetch: 256,
             connect_timeout_ms: 5_000,
             confirm_timeout_ms: 10_000,
         }
