@@ -860,7 +860,7 @@ fn config_defaults_and_strictness() {
     assert_eq!(config.queue(Route::Work), "drover.outbound");
     assert_eq!(config.queue(Route::Failed), "drover.failed");
     assert_eq!(config.queue(Route::Invalid), "drover.invalid");
-    assert_eq!(config.prefetch, 64);
+    assert_eq!(config.prefetch, 256);
     assert_eq!(config.connect_timeout_ms, 5_000);
     assert_eq!(config.confirm_timeout_ms, 10_000);
     let unknown = serde_json::from_str::<BrokerConfig>(r#"{"url":"memory","prefech":3}"#);
