@@ -26,7 +26,7 @@ use crate::supervisor::start_child;
 /// comes first. ractor runs `post_stop` only after a graceful stop, not when the actor is
 /// killed or fails, so a helper holding a connection, a channel or a consumer must not rely on
 /// `post_stop` alone to end: it would keep that resource open after its owner is gone.
-fn spawn_owned(
+pub(crate) fn spawn_owned(
     owner: ActorCell,
     task: impl Future<Output = ()> + Send + 'static,
 ) -> JoinHandle<()> {

@@ -131,7 +131,9 @@ impl Actor for SchedulerWorker {
                 let me = myself.clone();
                 // Shown by the admin routes; dropped (task aborted) it reads "interrupted".
                 let running = p.ops.redrive_started(p.clock);
-                state.redrive = Some(tokio::spawn(async move {
+                // Ends with the scheduler even when it is killed (post_stop does not run then).
+                let owner = myself.get_cell();
+                state.redrive = Some(crate::pipeline::broker::spawn_owned(owner, async move {
                     match redrive(&p).await {
                         Ok(n) => {
                             tracing::info!(redriven = n, "failed queue re-driven");
