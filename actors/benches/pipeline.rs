@@ -77,7 +77,9 @@
 //! JSON lines at `info`, written to `/dev/null`), `DROVER_BENCH_GROUP_COMMIT` and
 //! `DROVER_BENCH_GROUP_IN_FLIGHT` (the store's `group_commit_max_batch` / `_in_flight`,
 //! defaults as drover's; `0` = no group commit), `DROVER_BENCH_BATCH`,
-//! `DROVER_BENCH_QUIET_WAIT_S`, `DROVER_BENCH_KEEP`.
+//! `DROVER_BENCH_QUIET_WAIT_S`, `DROVER_BENCH_KEEP`, `DROVER_BENCH_RATE` (publish at this
+//! many messages a second instead of as fast as possible: with a rate below what both sides
+//! sustain, the latencies show service time instead of time spent in the backlog).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -208,6 +210,8 @@ struct Settings {
     group_in_flight: usize,
     phases: Vec<Kind>,
     rounds: usize,
+    /// Publish at this many messages a second instead of as fast as possible.
+    rate: Option<f64>,
     batch: usize,
     log_json: bool,
     keep: bool,
@@ -277,6 +281,10 @@ impl Settings {
             )?,
             phases,
             rounds,
+            rate: match env_or("DROVER_BENCH_RATE", 0.0f64)? {
+                r if r > 0.0 => Some(r),
+                _ => None,
+            },
             batch: env_or("DROVER_BENCH_BATCH", (usize::from(prefetch) / 2).max(1))?.max(1),
             log_json: log == "json",
             keep: env_or("DROVER_BENCH_KEEP", 0u8)? != 0,
@@ -363,6 +371,8 @@ struct Marks {
     received_unique: AtomicUsize,
     received_total: AtomicU64,
     unknown: AtomicU64,
+    /// Set when the publisher gave up (its error comes with its task's result).
+    publish_failed: std::sync::atomic::AtomicBool,
 }
 
 impl Marks {
@@ -378,6 +388,7 @@ impl Marks {
             received_unique: AtomicUsize::new(0),
             received_total: AtomicU64::new(0),
             unknown: AtomicU64::new(0),
+            publish_failed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -499,6 +510,7 @@ async fn publish_all(
     names: Names,
     marks: Arc<Marks>,
     clock: Clock,
+    rate: Option<f64>,
     deadline: Instant,
 ) -> BenchResult<Published> {
     let n = marks.hits.len();
@@ -530,6 +542,10 @@ async fn publish_all(
             return Err(format!(
                 "publishing aborted after {i} of {n} messages: time limit"
             ));
+        }
+        if let Some(rate) = rate {
+            let due = first + Duration::from_secs_f64(i as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
         }
         let body = message_body(&marks, i);
         marks.publish_ms[i].store(clock.now_ms(), Ordering::Relaxed);
@@ -1584,6 +1600,12 @@ async fn wait_done(
                 status_counts(admin, names, kind).await
             ));
         }
+        if marks.publish_failed.load(Ordering::Acquire) {
+            return Err(format!(
+                "phase {} aborted: the publisher failed",
+                kind.name()
+            ));
+        }
         if let Some(why) = sut.gave_up() {
             return Err(format!("phase {} aborted: {why}", kind.name()));
         }
@@ -1754,13 +1776,24 @@ async fn run_phase(
         let measured = async {
             wait_consumer(&setup, &names, &sut).await?;
             let deadline = Instant::now() + PHASE_LIMIT;
-            let publisher = tokio::spawn(publish_all(
-                s.amqp_url.clone(),
-                names.clone(),
-                marks.clone(),
-                clock,
-                deadline,
-            ));
+            let publisher = tokio::spawn({
+                let marks = marks.clone();
+                let publish = publish_all(
+                    s.amqp_url.clone(),
+                    names.clone(),
+                    marks.clone(),
+                    clock,
+                    s.rate,
+                    deadline,
+                );
+                async move {
+                    let result = publish.await;
+                    if result.is_err() {
+                        marks.publish_failed.store(true, Ordering::Release);
+                    }
+                    result
+                }
+            });
             let done = wait_done(admin, &names, kind, &marks, &sut, deadline).await;
             let published = publisher
                 .await
@@ -2047,7 +2080,15 @@ fn summary(s: &Settings, reports: &[PhaseReport]) -> Vec<Row> {
         }
     }
     let has = |k: Kind| kinds.contains(&k);
-    if has(Kind::Drover) && has(Kind::Plain) {
+    let paced = s.rate.is_some();
+    if has(Kind::Drover) && has(Kind::Plain) && paced {
+        rows.push(row(
+            "throughput ratio drover/plain",
+            format!("{:.3}", throughput(Kind::Drover) / throughput(Kind::Plain)),
+            "",
+            "n/a: publishing was paced (DROVER_BENCH_RATE)",
+        ));
+    } else if has(Kind::Drover) && has(Kind::Plain) {
         let ratio = throughput(Kind::Drover) / throughput(Kind::Plain);
         let per_round: Vec<f64> = of(Kind::Drover)
             .zip(of(Kind::Plain))
@@ -2141,7 +2182,7 @@ fn main() {
         .build()
         .expect("tokio runtime");
     println!(
-        "drover-actors pipeline bench: {} messages, prefetch {}, pool {} connections per phase, store group commit {} (in flight {}), phases {}, logs {}; \
+        "drover-actors pipeline bench: {} messages, prefetch {}, pool {} connections per phase, store group commit {} (in flight {}), phases {}, logs {}, publishing {}; \
          system under test on tokio multi-thread with 2 workers, harness on 1; {} CPUs, {} build, load average at start: {}",
         settings.messages,
         settings.prefetch,
@@ -2163,6 +2204,11 @@ fn main() {
         } else {
             "off"
         },
+        settings
+            .rate
+            .map_or("as fast as possible".to_string(), |r| {
+                format!("at {r} msgs/s (throughput then only shows the rate was kept)")
+            }),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         if cfg!(debug_assertions) {
             "DEBUG"

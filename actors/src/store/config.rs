@@ -35,7 +35,7 @@ impl Default for StoreConfig {
             acquire_timeout_ms: 5000,
             schema: None,
             group_commit_max_batch: 64,
-            group_commit_in_flight: 2,
+            group_commit_in_flight: 4,
         }
     }
 }
