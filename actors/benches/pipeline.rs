@@ -81,6 +81,10 @@
 //! many messages a second instead of as fast as possible: with a rate below what both sides
 //! sustain, the latencies show service time instead of time spent in the backlog).
 
+#[path = "common/table.rs"]
+mod table;
+use table::{Row, print_table, row, verdict};
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -1416,10 +1420,6 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn verdict(pass: bool) -> &'static str {
-    if pass { "PASS" } else { "FAIL" }
-}
-
 fn mib(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
@@ -1917,51 +1917,6 @@ async fn run_phase(
 
 // ---------------------------------------------------------------------------------------------
 // driver
-
-struct Row {
-    metric: String,
-    value: String,
-    target: String,
-    verdict: String,
-}
-
-fn row(metric: impl Into<String>, value: impl Into<String>, target: &str, verdict: &str) -> Row {
-    Row {
-        metric: metric.into(),
-        value: value.into(),
-        target: target.into(),
-        verdict: verdict.into(),
-    }
-}
-
-fn print_table(rows: &[Row]) {
-    let w0 = rows
-        .iter()
-        .map(|r| r.metric.len())
-        .max()
-        .unwrap_or(0)
-        .max(6);
-    let w1 = rows.iter().map(|r| r.value.len()).max().unwrap_or(0).max(5);
-    let w2 = rows
-        .iter()
-        .map(|r| r.target.len())
-        .max()
-        .unwrap_or(0)
-        .max(6);
-    println!();
-    println!("== summary ==");
-    println!(
-        "{:<w0$}  {:>w1$}  {:<w2$}  verdict",
-        "metric", "value", "target"
-    );
-    println!("{}", "-".repeat(w0 + w1 + w2 + 13));
-    for r in rows {
-        println!(
-            "{:<w0$}  {:>w1$}  {:<w2$}  {}",
-            r.metric, r.value, r.target, r.verdict
-        );
-    }
-}
 
 async fn run(s: Settings, sut_rt: Handle) -> BenchResult<Vec<Row>> {
     let tag = Uuid::new_v4().simple().to_string()[..8].to_string();

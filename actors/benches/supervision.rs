@@ -30,6 +30,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "common/table.rs"]
+mod table;
+
 use drover_actors::supervisor::{Backoff, count_children, start_child, start_child_no_reply};
 use drover_actors::tree::{EventKind, NodeSnapshot};
 use drover_actors::{
@@ -37,6 +40,7 @@ use drover_actors::{
     SupervisorSpec, Tree,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use table::{Row, print_table, row, verdict};
 use tokio::sync::{Notify, Semaphore, broadcast, mpsc};
 
 /// Every phase is aborted past this.
@@ -107,55 +111,6 @@ fn us(d: Duration) -> f64 {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-fn verdict(pass: bool) -> &'static str {
-    if pass { "PASS" } else { "FAIL" }
-}
-
-struct Row {
-    metric: String,
-    value: String,
-    target: String,
-    verdict: String,
-}
-
-fn row(metric: impl Into<String>, value: impl Into<String>, target: &str, verdict: &str) -> Row {
-    Row {
-        metric: metric.into(),
-        value: value.into(),
-        target: target.into(),
-        verdict: verdict.into(),
-    }
-}
-
-fn print_table(rows: &[Row]) {
-    let w0 = rows
-        .iter()
-        .map(|r| r.metric.len())
-        .max()
-        .unwrap_or(0)
-        .max(6);
-    let w1 = rows.iter().map(|r| r.value.len()).max().unwrap_or(0).max(5);
-    let w2 = rows
-        .iter()
-        .map(|r| r.target.len())
-        .max()
-        .unwrap_or(0)
-        .max(6);
-    println!();
-    println!("== summary ==");
-    println!(
-        "{:<w0$}  {:>w1$}  {:<w2$}  verdict",
-        "metric", "value", "target"
-    );
-    println!("{}", "-".repeat(w0 + w1 + w2 + 13));
-    for r in rows {
-        println!(
-            "{:<w0$}  {:>w1$}  {:<w2$}  {}",
-            r.metric, r.value, r.target, r.verdict
-        );
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
