@@ -69,7 +69,10 @@ async fn startup_check_exits_3_naming_the_broker_when_rabbitmq_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_during_load_exits_0_and_loses_nothing() {
     let mut env = TestEnv::new().await;
-    env.provider.set_latency(5, 20);
+    // Slow enough that the load outlasts the stop on a quiet machine: at prefetch 32 and
+    // 200-400 ms a call, 400 messages take about 4 s, and the SIGTERM follows the first 40
+    // (about 0.4 s in). At 5-20 ms all 400 were sometimes sent before the signal landed.
+    env.provider.set_latency(200, 400);
     env.config.startup.check = true;
     let dir = std::env::temp_dir().join(format!("drover-lifecycle-{}", env.id));
     std::fs::create_dir_all(&dir).unwrap();
