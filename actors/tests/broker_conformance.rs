@@ -82,7 +82,12 @@ impl Env {
     }
 
     async fn connect_named(&self, name: &str) -> Broker {
-        match Broker::connect_named(&self.config, &self.memory, name).await {
+        match within(
+            "connect",
+            Broker::connect_named(&self.config, &self.memory, name),
+        )
+        .await
+        {
             Ok(broker) => broker,
             Err(e) => panic!(
                 "cannot connect to the {:?} test broker at {}: {e}\n\
@@ -193,7 +198,9 @@ async fn rabbitmq_close_connection(name: &str) {
 // Helpers
 
 async fn open_publisher(broker: &Broker) -> Publisher {
-    broker.publisher().await.expect("open a publisher")
+    within("open a publisher", broker.publisher())
+        .await
+        .expect("open a publisher")
 }
 
 async fn publish(publisher: &Publisher, route: Route, body: &str) {
@@ -204,10 +211,12 @@ async fn publish(publisher: &Publisher, route: Route, body: &str) {
 }
 
 async fn open_consumer(broker: &Broker, queue: &str, prefetch: u16) -> Consumer {
-    broker
-        .consumer(queue, prefetch, "conformance")
-        .await
-        .unwrap_or_else(|e| panic!("consume from {queue}: {e}"))
+    within(
+        "open a consumer",
+        broker.consumer(queue, prefetch, "conformance"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("consume from {queue}: {e}"))
 }
 
 /// The next delivery, which must arrive within [`WAIT`].
@@ -736,11 +745,24 @@ async fn connection_loss(env: Env, forced: bool) {
         "publishing on a lost connection must fail"
     );
     assert!(
-        held.ack().await.is_err(),
+        within("ack on a lost connection", held.ack())
+            .await
+            .is_err(),
         "ack on a lost connection must fail"
     );
-    assert!(broker.publisher().await.is_err());
-    assert!(broker.consumer(env.work(), 1, "").await.is_err());
+    assert!(
+        within("a publisher on a lost connection", broker.publisher())
+            .await
+            .is_err()
+    );
+    assert!(
+        within(
+            "a consumer on a lost connection",
+            broker.consumer(env.work(), 1, "")
+        )
+        .await
+        .is_err()
+    );
     assert!(within("close again", broker.close()).await.is_ok());
 
     // A fresh connection works and gets the unacked message again.
@@ -749,14 +771,14 @@ async fn connection_loss(env: Env, forced: bool) {
     let mut d = next(&mut consumer).await;
     assert_eq!(body(&d), "unacked");
     assert!(d.redelivered);
-    d.ack().await.expect("ack");
+    within("ack", d.ack()).await.expect("ack");
     assert_quiet(&mut consumer).await;
     let publisher = open_publisher(&fresh).await;
     publish(&publisher, Route::Work, "after").await;
     let mut d = next(&mut consumer).await;
     assert_eq!(body(&d), "after");
-    d.ack().await.expect("ack");
-    fresh.close().await.expect("close");
+    within("ack", d.ack()).await.expect("ack");
+    within("close", fresh.close()).await.expect("close");
 }
 
 async fn close_all_connections(env: Env) {

@@ -447,6 +447,7 @@ impl MemoryConsumer {
                         correlation_id: message.correlation_id,
                         headers: message.headers,
                         redelivered: message.redelivered,
+                        delivery_count: None,
                         delivery_tag: tag,
                         exchange: message.exchange,
                         routing_key: message.routing_key,

@@ -486,6 +486,9 @@ pub struct Delivery {
     /// True if the broker delivered this message before (to this or another consumer) and it
     /// was requeued.
     pub redelivered: bool,
+    /// How often the broker delivered it before, where it counts (`x-delivery-count` on
+    /// RabbitMQ quorum queues); `None` elsewhere. It counts every requeue, outages included.
+    pub delivery_count: Option<u64>,
     /// The delivery tag, unique per consumer (channel).
     pub delivery_tag: u64,
     /// The exchange the message was published to.
@@ -510,6 +513,7 @@ impl fmt::Debug for Delivery {
             .field("correlation_id", &self.correlation_id)
             .field("headers", &self.headers)
             .field("redelivered", &self.redelivered)
+            .field("delivery_count", &self.delivery_count)
             .field("exchange", &self.exchange)
             .field("routing_key", &self.routing_key)
             .field("body_len", &self.body.len())
@@ -550,6 +554,17 @@ impl Delivery {
         match &self.settler {
             Settler::Rabbit(acker) => rabbit::nack_requeue(acker, tag).await,
             Settler::Memory(acker) => acker.nack_requeue(tag),
+        }
+    }
+
+    /// The same message, to publish again (body, ids and headers as received).
+    #[must_use]
+    pub fn to_outgoing(&self) -> Outgoing {
+        Outgoing {
+            body: self.body.clone(),
+            message_id: self.message_id.clone(),
+            correlation_id: self.correlation_id.clone(),
+            headers: self.headers.clone(),
         }
     }
 

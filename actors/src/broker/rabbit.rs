@@ -601,6 +601,19 @@ fn convert(delivery: lapin::message::Delivery) -> Delivery {
                 .collect()
         })
         .unwrap_or_default();
+    let delivery_count = properties.headers().as_ref().and_then(|table| {
+        let v = table.inner().get("x-delivery-count")?;
+        match v {
+            AMQPValue::ShortShortUInt(n) => Some(u64::from(*n)),
+            AMQPValue::ShortUInt(n) => Some(u64::from(*n)),
+            AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+            AMQPValue::ShortShortInt(n) => u64::try_from(*n).ok(),
+            AMQPValue::ShortInt(n) => u64::try_from(*n).ok(),
+            AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+            AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+            _ => None,
+        }
+    });
     Delivery {
         body: data,
         message_id: properties.message_id().as_ref().map(ToString::to_string),
@@ -610,6 +623,7 @@ fn convert(delivery: lapin::message::Delivery) -> Delivery {
             .map(ToString::to_string),
         headers,
         redelivered,
+        delivery_count,
         delivery_tag,
         exchange: exchange.to_string(),
         routing_key: routing_key.to_string(),
@@ -643,8 +657,27 @@ fn settle_result(result: lapin::Result<bool>, tag: u64, action: &str) -> Result<
     }
 }
 
+/// Longest wait for lapin to take an ack or nack. It answers at once on a live channel (a
+/// settlement has no reply from the broker); right after the connection closed, its promise
+/// can stay unresolved forever (seen in the conformance suite), which would hang the worker.
+const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn bounded_settle(
+    settle: impl std::future::Future<Output = lapin::Result<bool>>,
+    tag: u64,
+    action: &str,
+) -> Result<(), BrokerError> {
+    match tokio::time::timeout(SETTLE_TIMEOUT, settle).await {
+        Ok(result) => settle_result(result, tag, action),
+        Err(_) => Err(BrokerError::ConnectionClosed(format!(
+            "cannot {action} delivery {tag}: no answer within {} ms (the broker requeues it)",
+            SETTLE_TIMEOUT.as_millis()
+        ))),
+    }
+}
+
 pub(super) async fn ack(acker: &Acker, tag: u64) -> Result<(), BrokerError> {
-    settle_result(acker.ack(BasicAckOptions::default()).await, tag, "ack")
+    bounded_settle(acker.ack(BasicAckOptions::default()), tag, "ack").await
 }
 
 const NACK_REQUEUE: BasicNackOptions = BasicNackOptions {
@@ -653,7 +686,7 @@ const NACK_REQUEUE: BasicNackOptions = BasicNackOptions {
 };
 
 pub(super) async fn nack_requeue(acker: &Acker, tag: u64) -> Result<(), BrokerError> {
-    settle_result(acker.nack(NACK_REQUEUE).await, tag, "nack")
+    bounded_settle(acker.nack(NACK_REQUEUE), tag, "nack").await
 }
 
 /// Nack-with-requeue a delivery being dropped unsettled.
