@@ -106,9 +106,21 @@ impl Config {
             }
             fig = fig.merge(Toml::file(f));
         }
-        fig.merge(env_provider())
+        let config: Config = fig
+            .merge(env_provider())
             .extract()
-            .map_err(|e| ConfigError::Invalid(e.to_string()))
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Refuse combinations that load but cannot work (exit code 2, naming the keys): message
+    /// limits AMQP cannot carry, and a sending lease that could lapse while a provider call
+    /// is still in flight (a second delivery would then be admitted and sent twice).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.message.validate().map_err(ConfigError::Invalid)?;
+        drover_actors::pipeline::worker::lease_covers_call(&self.delivery, &self.provider)
+            .map_err(ConfigError::Invalid)
     }
 
     /// The effective configuration as TOML, secrets redacted.

@@ -28,12 +28,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use drover_actors::broker::{Outgoing, Route};
-use drover_actors::message::{Envelope, parse};
+use drover_actors::message::{Envelope, Invalid, parse};
 use drover_actors::pipeline::Pipeline;
 use drover_actors::pipeline::broker::{ConsumerMessage, broker_of, publish};
 use drover_actors::pipeline::ops::{RedriveRefused, circuit_level};
@@ -111,6 +112,10 @@ pub fn router_with_metrics(
     pipeline: Option<Pipeline>,
     metrics: Metrics,
 ) -> Router {
+    // The payload cap applies before the body is read whole (`message.max_payload_bytes`).
+    let max_payload = pipeline
+        .as_ref()
+        .map_or(64 * 1024, |p| p.config.message.max_payload_bytes);
     Router::new()
         .route("/", get(crate::dashboard::page))
         .route("/status", get(status))
@@ -118,7 +123,10 @@ pub fn router_with_metrics(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/actors/{*rest}", post(actor_action))
-        .route("/messages", post(accept_message))
+        .route(
+            "/messages",
+            post(accept_message).layer(DefaultBodyLimit::max(max_payload)),
+        )
         .route("/messages/{id}", get(get_message))
         .route("/messages/{id}/retry", post(retry_message))
         .route("/failed/redrive", post(redrive))
@@ -133,25 +141,44 @@ pub fn router_with_metrics(
         })
 }
 
+/// An invalid message: 413 for a payload over the cap, 422 for the rest, with the class.
+fn refused(invalid: &Invalid) -> Response {
+    let code = match invalid {
+        Invalid::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    (
+        code,
+        axum::Json(json!({ "error": invalid.reason(), "class": invalid.class() })),
+    )
+        .into_response()
+}
+
 /// `POST /messages`: validate, publish to the work queue (confirmed), answer 202 with the id.
 /// The published body always carries the id, so a retried POST of the same JSON (with or
 /// without an id) maps to the same message.
-async fn accept_message(State(app): State<AppState>, body: Bytes) -> Response {
+async fn accept_message(
+    State(app): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let Some(p) = app.pipeline else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no delivery pipeline in this process",
         );
     };
+    let max = p.config.message.max_payload_bytes;
+    let body = match body {
+        Ok(b) => b,
+        // Over the cap: refused before it was read whole.
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return refused(&Invalid::PayloadTooLarge { max });
+        }
+        Err(r) => return error(r.status(), &r.body_text()),
+    };
     let msg = match parse(&body, &Envelope::default(), &p.config.message) {
         Ok(m) => m,
-        Err(invalid) => {
-            return (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                axum::Json(json!({ "error": invalid.to_string(), "class": invalid.class() })),
-            )
-                .into_response();
-        }
+        Err(invalid) => return refused(&invalid),
     };
     let out = Outgoing {
         body: msg.to_json(),

@@ -121,6 +121,7 @@ pub async fn preflight(config: &Config, memory: &MemoryBroker) -> Result<(), Run
 
 /// Start the tree and the HTTP endpoint; return once both are up.
 pub async fn start(config: Config) -> Result<App, RunError> {
+    config.validate()?;
     let memory = MemoryBroker::default();
     if config.startup.check && config.pipeline.enabled {
         preflight(&config, &memory).await?;

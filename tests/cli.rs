@@ -75,6 +75,22 @@ async fn a_bad_config_key_exits_2_with_one_line() {
 }
 
 #[tokio::test]
+async fn a_lease_shorter_than_a_provider_call_exits_2_naming_both_keys() {
+    let o = output(
+        drover(&["config"])
+            .env("DROVER_DELIVERY__SENDING_LEASE_MS", "5000")
+            .env("DROVER_PROVIDER__TIMEOUT_MS", "10000"),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2));
+    let line = one_error_line(&o);
+    assert!(
+        line.contains("delivery.sending_lease_ms") && line.contains("provider.timeout_ms"),
+        "{line}"
+    );
+}
+
+#[tokio::test]
 async fn a_missing_config_file_exits_2() {
     let o = output(&mut drover(&[
         "--config",

@@ -50,8 +50,10 @@ async fn fault_env() -> TestEnv {
     let mut env = TestEnv::in_own_vhost().await;
     env.config.broker.prefetch = 32;
     env.provider.set_latency(1, 8);
-    // Short enough that deliveries of interrupted attempts are retried within the test.
+    // Short enough that deliveries of interrupted attempts are retried within the test; the
+    // provider's timeout shortened with it, since the lease must cover a whole call.
     env.config.delivery.sending_lease_ms = 2_000;
+    env.config.provider.timeout_ms = 1_000;
     env.config.delivery.worker_shutdown_ms = 2_000;
     env
 }

@@ -187,6 +187,7 @@ on_both_backends!(
     stale_claim_is_reclaimed_after_its_lease,
     retry_revives_failed_messages,
     record_invalid_with_and_without_id,
+    quarantine_sets_a_message_in_play_aside,
     batch_variants_match_single_ones,
     sending_lease_separates_in_flight_from_interrupted,
     group_commit_gives_each_caller_its_own_committed_answer,
@@ -508,7 +509,8 @@ async fn admission_table(db: &TestDb) {
     assert_eq!(
         s.begin_attempt(&f, NOW + 2).await.unwrap(),
         Admission::AlreadyFailed {
-            last_error: Some("not a mobile number".into())
+            last_error: Some("not a mobile number".into()),
+            last_error_class: Some("http_400".into())
         }
     );
     assert_eq!(get(&s, f.id).await.status, MessageStatus::Failed);
@@ -945,7 +947,7 @@ async fn retry_revives_failed_messages(db: &TestDb) {
 async fn record_invalid_with_and_without_id(db: &TestDb) {
     let s = db.store().await;
 
-    // Without an id: a fresh one each time.
+    // Without an id: one derived from the payload, so a redelivery finds the same row.
     let raw: &[u8] = b"\xff\xfe not utf8";
     let a = s
         .record_invalid(None, Some("corr-x"), raw, "body is not UTF-8", NOW)
@@ -965,11 +967,17 @@ async fn record_invalid_with_and_without_id(db: &TestDb) {
     assert!(r.history.is_empty());
     assert_eq!(r.message(), None);
     let b = s
-        .record_invalid(None, None, raw, "body is not UTF-8", NOW)
+        .record_invalid(None, None, raw, "body is not UTF-8", NOW + 1)
         .await
         .unwrap();
-    assert_ne!(a, b);
-    assert_eq!(get(&s, b).await.correlation_id, b.to_string());
+    assert_eq!(a, b, "the same payload again is the same row");
+    assert_eq!(get(&s, b).await, r, "and the row is untouched");
+    let c = s
+        .record_invalid(None, None, b"another payload", "not json", NOW)
+        .await
+        .unwrap();
+    assert_ne!(a, c);
+    assert_eq!(get(&s, c).await.correlation_id, c.to_string());
 
     // With an unused id: that id; the same payload again is the same row.
     let id = Uuid::new_v4();
@@ -1016,6 +1024,17 @@ async fn record_invalid_with_and_without_id(db: &TestDb) {
     assert_ne!(dup, m.id);
     assert_eq!(get(&s, m.id).await, before);
     assert_eq!(get(&s, dup).await.correlation_id, m.correlation_id);
+    let again = s
+        .record_invalid(
+            Some(m.id),
+            Some(&m.correlation_id),
+            b"{}",
+            "id already used",
+            NOW + 4,
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, dup, "a redelivered duplicate finds its row");
 
     // NUL bytes (which PostgreSQL text cannot hold) are replaced.
     let nul = s
@@ -1024,7 +1043,51 @@ async fn record_invalid_with_and_without_id(db: &TestDb) {
         .unwrap();
     assert_eq!(get(&s, nul).await.body, "a\u{FFFD}b");
 
-    assert_eq!(s.counts_by_status().await.unwrap()["invalid"], 6);
+    // Bounded whatever the input: NUL in the correlation id, a 200 KB reason, a 5 MB payload.
+    let huge = vec![b'x'; 5 * 1024 * 1024];
+    let big = s
+        .record_invalid(None, Some("c\0d"), &huge, &"r".repeat(200_000), NOW)
+        .await
+        .unwrap();
+    let r = get(&s, big).await;
+    assert_eq!(r.correlation_id, "c\u{FFFD}d");
+    assert!(r.last_error.unwrap().len() <= 512);
+    assert_eq!(r.body.len(), 64 * 1024);
+    assert!(r.body_truncated);
+    assert!(!get(&s, nul).await.body_truncated);
+
+    assert_eq!(s.counts_by_status().await.unwrap()["invalid"], 7);
+}
+
+async fn quarantine_sets_a_message_in_play_aside(db: &TestDb) {
+    let s = db.store().await;
+    let m = msg(1);
+    assert_eq!(s.begin_attempt(&m, NOW).await.unwrap(), proceed(1));
+    assert_eq!(get(&s, m.id).await.segments, Some(1));
+    assert!(
+        s.quarantine(m.id, "poison: worker failed 5 times: boom", NOW + 1)
+            .await
+            .unwrap()
+    );
+    let r = get(&s, m.id).await;
+    assert_eq!(r.status, MessageStatus::Invalid);
+    assert_eq!(r.last_error_class.as_deref(), Some("poison"));
+    assert_eq!(
+        r.history[0].error_class.as_deref(),
+        Some("interrupted"),
+        "the open attempt is closed"
+    );
+    assert_eq!(
+        s.begin_attempt(&m, NOW + 2).await.unwrap(),
+        Admission::AlreadyInvalid
+    );
+    // A sent message is left alone.
+    let ok = msg(2);
+    s.begin_attempt(&ok, NOW).await.unwrap();
+    s.record_outcome(ok.id, 1, &sent("SM2"), NOW).await.unwrap();
+    assert!(!s.quarantine(ok.id, "poison", NOW + 1).await.unwrap());
+    assert_eq!(get(&s, ok.id).await.status, MessageStatus::Sent);
+    assert!(!s.quarantine(Uuid::new_v4(), "poison", NOW).await.unwrap());
 }
 
 async fn batch_variants_match_single_ones(db: &TestDb) {
@@ -1091,7 +1154,8 @@ async fn batch_variants_match_single_ones(db: &TestDb) {
             },
             not_due.clone(),
             Admission::AlreadyFailed {
-                last_error: Some("not a mobile number".into())
+                last_error: Some("not a mobile number".into()),
+                last_error_class: Some("http_400".into())
             },
             not_due.clone(),
             not_due,

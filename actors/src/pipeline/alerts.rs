@@ -65,6 +65,8 @@ impl Default for AlertConfig {
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
     DeadLetter,
+    /// A message kept making its workers fail and was quarantined to the invalid queue.
+    Poison,
     SubtreeGaveUp,
     RootGaveUp,
     Backlog,

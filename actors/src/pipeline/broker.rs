@@ -17,7 +17,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
 
-use crate::broker::{Broker, Consumer, Delivery, Outgoing, Publisher, Route};
+use crate::broker::{Broker, BrokerError, Consumer, Delivery, Outgoing, Publisher, Route};
 use crate::pipeline::worker::DeliveryArgs;
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::supervisor::start_child;
@@ -133,7 +133,7 @@ pub enum PublisherMessage {
     Publish {
         route: Route,
         msg: Box<Outgoing>,
-        reply: RpcReplyPort<Result<(), String>>,
+        reply: RpcReplyPort<Result<(), BrokerError>>,
     },
     /// Internal: the channel was lost.
     #[doc(hidden)]
@@ -196,7 +196,7 @@ impl Actor for PublisherWorker {
                             let _ = myself.send_message(PublisherMessage::Lost(e.to_string()));
                         }
                     }
-                    let _ = reply.send(result.map_err(|e| e.to_string()));
+                    let _ = reply.send(result);
                 });
                 Ok(())
             }
@@ -219,7 +219,9 @@ pub async fn publish(p: &Pipeline, route: Route, msg: Outgoing) -> Result<(), Pi
         timeout
     )
     .map_err(|e| PipelineError::NoAnswer("the publisher", e.to_string()))?
-    .map_err(|e| PipelineError::NoAnswer("the broker (publish confirm)", e))?;
+    // Typed, so the poison guard can tell a publish the broker refused for the message's
+    // shape from a lost connection.
+    .map_err(PipelineError::Broker)?;
     p.ops.metrics.published(route).increment(1);
     Ok(())
 }

@@ -32,7 +32,12 @@ pub struct DeliveryConfig {
     pub worker_shutdown_ms: u64,
     /// A message found `sending` for longer than this is treated as interrupted (its worker
     /// or process died) and attempted again; younger, it is being sent by another worker.
+    /// Must cover a whole provider call: at least `provider.timeout_ms` + 1,000 ms (checked
+    /// at start).
     pub sending_lease_ms: u64,
+    /// A message whose workers failed this many times for reasons of its own (not an outage)
+    /// is quarantined to the invalid queue (0: never).
+    pub max_worker_failures: u32,
 }
 
 impl Default for DeliveryConfig {
@@ -45,6 +50,7 @@ impl Default for DeliveryConfig {
             retry_jitter: 0.1,
             worker_shutdown_ms: 15_000,
             sending_lease_ms: 30_000,
+            max_worker_failures: 5,
         }
     }
 }

@@ -28,8 +28,10 @@ pub mod broker;
 pub mod config;
 pub mod monitor;
 pub mod ops;
+pub mod poison;
 pub mod provider_worker;
 pub mod scheduler;
+pub mod set_aside;
 pub mod store_worker;
 pub mod worker;
 

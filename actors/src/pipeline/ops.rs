@@ -224,6 +224,8 @@ struct Cells {
 pub struct Ops {
     /// The pipeline's counters and histogram.
     pub metrics: PipelineMetrics,
+    /// Worker failures per message, for quarantining poison messages.
+    pub poison: crate::pipeline::poison::PoisonGuard,
     cells: Arc<Cells>,
 }
 
@@ -232,6 +234,7 @@ impl Ops {
     pub fn new(metrics: PipelineMetrics) -> Ops {
         Ops {
             metrics,
+            poison: Default::default(),
             cells: Arc::default(),
         }
     }

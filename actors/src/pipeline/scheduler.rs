@@ -14,10 +14,13 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::broker::{Outgoing, Route};
+use crate::pipeline::alerts::{Alert, AlertKind, raise};
 use crate::pipeline::broker::{broker_of, publish};
+use crate::pipeline::poison::counts_against_message;
 use crate::pipeline::store_worker::store_of;
 use crate::pipeline::worker::ERROR_CLASS_HEADER;
 use crate::pipeline::{Pipeline, PipelineError};
+use crate::store::MessageStatus;
 
 /// Messages of [`SchedulerWorker`].
 #[derive(Debug)]
@@ -174,18 +177,24 @@ async fn republish_due(p: &Pipeline) -> Result<usize, PipelineError> {
         for (msg, attempts) in due {
             let mut headers = BTreeMap::new();
             headers.insert("x-drover-attempts".to_string(), attempts.to_string());
-            publish(
-                p,
-                Route::Work,
-                Outgoing {
-                    body: msg.to_json(),
-                    message_id: Some(msg.id.to_string()),
-                    correlation_id: Some(msg.correlation_id.clone()),
-                    headers,
-                },
-            )
-            .await?;
-            done.push(msg.id);
+            let out = Outgoing {
+                body: msg.to_json(),
+                message_id: Some(msg.id.to_string()),
+                correlation_id: Some(msg.correlation_id.clone()),
+                headers,
+            };
+            match publish(p, Route::Work, out).await {
+                Ok(()) => done.push(msg.id),
+                // A row the broker refuses to carry (stored before the contract bounded it, or
+                // by another writer): set it aside so it cannot hold up the rest of the batch
+                // at every tick.
+                Err(e) if counts_against_message(&e) => quarantine_row(p, &store, &msg, &e).await?,
+                Err(e) => {
+                    // What was republished is in the work queue: release it before giving up.
+                    store.release_claims(&done).await?;
+                    return Err(e);
+                }
+            }
         }
         store.release_claims(&done).await?;
         total += n;
@@ -195,6 +204,32 @@ async fn republish_due(p: &Pipeline) -> Result<usize, PipelineError> {
     }
 }
 
+/// Set a due row aside that the broker refuses to republish, and alert.
+async fn quarantine_row(
+    p: &Pipeline,
+    store: &crate::store::Store,
+    msg: &crate::message::OutboundMessage,
+    e: &PipelineError,
+) -> Result<(), PipelineError> {
+    let reason = crate::message::truncate_utf8(
+        &format!("poison: the broker refused to republish it: {e}"),
+        crate::message::MAX_REASON_BYTES,
+    )
+    .into_owned();
+    store.quarantine(msg.id, &reason, p.clock.now_ms()).await?;
+    tracing::error!(alert = "poison", id = %msg.id, %reason, "due retry set aside");
+    raise(
+        p,
+        Alert {
+            kind: AlertKind::Poison,
+            key: format!("poison:{}", msg.id),
+            summary: format!("message {} was set aside: {reason}", msg.id),
+            details: serde_json::json!({ "id": msg.id, "error": e.to_string() }),
+        },
+    );
+    Ok(())
+}
+
 /// `retry(id)`: a failed message back into play; the next tick republishes it.
 pub async fn retry(p: &Pipeline, id: Uuid) -> Result<bool, PipelineError> {
     let store = store_of(p).await?;
@@ -202,8 +237,10 @@ pub async fn retry(p: &Pipeline, id: Uuid) -> Result<bool, PipelineError> {
 }
 
 /// Consume what is in the failed queue now (bounded by its depth at the start), at most
-/// `redrive_per_sec` a second: messages that failed for a transient reason are put back into
-/// play; permanent failures go back to the end of the failed queue.
+/// `redrive_per_sec` a second: messages whose stored record failed for a transient reason are
+/// put back into play; permanent failures (by the stored error class) and copies drover has no
+/// record of go back to the end of the failed queue; copies of messages in play or sent since
+/// are dropped.
 pub async fn redrive(p: &Pipeline) -> Result<usize, PipelineError> {
     let broker = broker_of(p).await?;
     let store = store_of(p).await?;
@@ -223,31 +260,33 @@ pub async fn redrive(p: &Pipeline) -> Result<usize, PipelineError> {
             break;
         };
         let mut d = next?;
-        let permanent = d
-            .headers
-            .get(ERROR_CLASS_HEADER)
-            .is_some_and(|c| c == "permanent");
         let id = serde_json::from_slice::<crate::message::OutboundMessage>(&d.body)
             .ok()
             .map(|m| m.id);
-        match id {
-            Some(id) if !permanent => {
+        // The stored record decides, not the copy's header: a copy published again after a
+        // crash, or by an older version, may carry another class than the message's own.
+        let record = match id {
+            Some(id) => store.get(id).await?,
+            None => None,
+        };
+        let permanent = record.as_ref().map_or_else(
+            || {
+                d.headers
+                    .get(ERROR_CLASS_HEADER)
+                    .is_some_and(|c| c == "permanent")
+            },
+            |r| r.last_error_class.as_deref() == Some("permanent"),
+        );
+        match (id, record) {
+            (Some(id), Some(r)) if r.status == MessageStatus::Failed && !permanent => {
                 if store.retry(id, p.clock.now_ms()).await?.is_some() {
                     redriven += 1;
                 }
             }
+            // In play again or sent since (retried by an operator): this copy is stale.
+            (Some(_), Some(r)) if r.status != MessageStatus::Failed => {}
             _ => {
-                publish(
-                    p,
-                    Route::Failed,
-                    Outgoing {
-                        body: d.body.clone(),
-                        message_id: d.message_id.clone(),
-                        correlation_id: d.correlation_id.clone(),
-                        headers: d.headers.clone(),
-                    },
-                )
-                .await?;
+                publish(p, Route::Failed, d.to_outgoing()).await?;
             }
         }
         d.ack().await?;

@@ -51,7 +51,8 @@ impl Actor for StoreWorker {
     ) -> Result<Self::State, ActorProcessingErr> {
         let store = Store::connect(&p.config.store)
             .await?
-            .with_sending_lease(p.config.delivery.sending_lease_ms as i64);
+            .with_sending_lease(p.config.delivery.sending_lease_ms as i64)
+            .with_invalid_body_limit(p.config.message.max_payload_bytes);
         let store = match p.config.store.group_commit_max_batch {
             0 => store,
             n => store.with_group_commit(n, p.config.store.group_commit_in_flight),

@@ -4,42 +4,76 @@
 //! provider actor, records the outcome, publishes to the failed or invalid queue when needed
 //! (waiting for the confirm), and only then acks. Any failure on the way returns `Err`: the
 //! worker dies, its delivery is dropped and so nacked back to the queue at once, and the
-//! redelivery finds in the database what was already done.
+//! redelivery finds in the database what was already done. A failure that is the message's
+//! own (not an outage) counts towards its quarantine by the poison guard (`poison.rs`).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use ractor::rpc::CallResult;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
 use tracing::Instrument;
 
 use crate::broker::{Delivery, Outgoing, Route};
 use crate::message::{Envelope, Invalid, OutboundMessage, parse};
+use crate::pipeline::alerts::{Alert, AlertKind, raise};
 use crate::pipeline::broker::publish;
+use crate::pipeline::poison::{PanicWatch, PoisonKey, Poisoned, counts_against_message};
 use crate::pipeline::provider_worker::{ProviderMessage, SendResult};
 use crate::pipeline::scheduler::SchedulerMessage;
+use crate::pipeline::set_aside::{Received, failed_headers, invalid_copy};
 use crate::pipeline::store_worker::store_of;
-use crate::pipeline::{Pipeline, PipelineError};
-use crate::provider::SendOutcome;
+use crate::pipeline::{DeliveryConfig, Pipeline, PipelineError};
+use crate::provider::{ProviderConfig, SendOutcome};
 use crate::store::{Admission, AttemptOutcome, Store};
 use crate::supervisor::{ChildCtx, SplitMix64};
 
-/// Header carrying why a message was set aside as invalid.
-pub const INVALID_REASON_HEADER: &str = "x-drover-invalid-reason";
-/// Header carrying the class of that reason.
-pub const INVALID_CLASS_HEADER: &str = "x-drover-invalid-class";
-/// Headers on failed-queue messages.
-pub const ERROR_HEADER: &str = "x-drover-error";
-pub const ERROR_CLASS_HEADER: &str = "x-drover-error-class";
-pub const ATTEMPTS_HEADER: &str = "x-drover-attempts";
+pub use crate::pipeline::set_aside::{
+    ATTEMPTS_HEADER, ERROR_CLASS_HEADER, ERROR_HEADER, INVALID_CLASS_HEADER, INVALID_REASON_HEADER,
+};
 
 /// How long a worker holds a delivery whose message is in flight elsewhere before putting it
 /// back in the queue (pacing, so such a delivery does not spin).
 pub const IN_FLIGHT_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// How long a worker holds a delivery it cannot process because the store actor is not
-/// available, before the delivery goes back to the queue (pacing, so it does not spin).
+/// How long a worker holds a delivery it cannot process because the store or provider actor
+/// is not available, before the delivery goes back to the queue (pacing, so it does not spin).
 pub const UNAVAILABLE_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How much longer than `provider.timeout_ms` a worker waits for the provider actor's answer.
+pub const PROVIDER_CALL_MARGIN_MS: u64 = 500;
+
+/// What the sending lease must cover beyond `provider.timeout_ms`: the worker's margin, and
+/// as much again for the admission's commit (the lease is stamped when admission is asked).
+pub const LEASE_SLACK_MS: u64 = 2 * PROVIDER_CALL_MARGIN_MS;
+
+/// Refuse a configuration whose sending lease can lapse while a provider call is in flight:
+/// a second delivery of the message would then be admitted and sent again.
+pub fn lease_covers_call(
+    delivery: &DeliveryConfig,
+    provider: &ProviderConfig,
+) -> Result<(), String> {
+    let needed = provider.timeout_ms.saturating_add(LEASE_SLACK_MS);
+    if delivery.sending_lease_ms < needed {
+        return Err(format!(
+            "delivery.sending_lease_ms = {} cannot outlast a provider call: it must be at least \
+             provider.timeout_ms ({}) + {LEASE_SLACK_MS} ms = {needed} ms",
+            delivery.sending_lease_ms, provider.timeout_ms
+        ));
+    }
+    Ok(())
+}
+
+/// Whether what is left of a lease stamped `elapsed_ms` ago still covers a whole provider
+/// call (else the worker gives the attempt back rather than risk a second send).
+pub fn lease_allows_call(
+    delivery: &DeliveryConfig,
+    provider: &ProviderConfig,
+    elapsed_ms: i64,
+) -> bool {
+    let call = provider.timeout_ms.saturating_add(PROVIDER_CALL_MARGIN_MS) as i64;
+    elapsed_ms.max(0).saturating_add(call) <= delivery.sending_lease_ms as i64
+}
 
 /// A worker's arguments: the pipeline and its one delivery (taken once, at start).
 #[derive(Debug)]
@@ -120,9 +154,31 @@ impl Actor for DeliveryWorker {
             correlation_id = tracing::field::Empty,
             attempt = tracing::field::Empty
         );
-        process(state).instrument(span).await?;
-        myself.stop(None);
-        Ok(())
+        let guard = state.p.ops.poison.clone();
+        let key = guard.key(state.delivery.message_id.as_deref(), &state.delivery.body);
+        let watch = PanicWatch::new(guard.clone(), key);
+        let result = process(state, key).instrument(span).await;
+        watch.disarm();
+        match result {
+            Ok(()) => {
+                guard.clear(key);
+                myself.stop(None);
+                Ok(())
+            }
+            Err(e) => {
+                if counts_against_message(&e) {
+                    let failures = guard.record_failure(key, &e.to_string());
+                    tracing::warn!(
+                        failures,
+                        max = state.p.config.delivery.max_worker_failures,
+                        delivery_count = state.delivery.delivery_count,
+                        error = %e,
+                        "worker failed on this message (counts towards its quarantine)"
+                    );
+                }
+                Err(e.into())
+            }
+        }
     }
 }
 
@@ -133,38 +189,39 @@ fn envelope(d: &Delivery) -> Envelope {
     }
 }
 
-async fn process(state: &mut DeliveryState) -> Result<(), PipelineError> {
+/// Hold a delivery a moment before it goes back to the queue because a collaborator is not
+/// available. Failing at once would have the broker hand it straight to a new worker that
+/// fails the same way, thousands of times a second for as long as the outage lasts.
+async fn paced<T>(r: Result<T, PipelineError>) -> Result<T, PipelineError> {
+    if r.is_err() {
+        tokio::time::sleep(UNAVAILABLE_PAUSE).await;
+    }
+    r
+}
+
+async fn process(state: &mut DeliveryState, key: PoisonKey) -> Result<(), PipelineError> {
     let p = state.p.clone();
-    let store = match store_of(&p).await {
-        Ok(store) => store,
-        Err(e) => {
-            // No store (its actor is restarting, or backing off while the database is away):
-            // hold the delivery a moment before it goes back to the queue. Failing at once
-            // would have the broker hand it straight to a new worker that fails the same way,
-            // thousands of times a second for as long as the store is down.
-            tokio::time::sleep(UNAVAILABLE_PAUSE).await;
-            return Err(e);
-        }
-    };
+    let store = paced(store_of(&p).await).await?;
+    if let Some(poisoned) = p.ops.poison.due(key, p.config.delivery.max_worker_failures) {
+        quarantine(&p, &store, &mut state.delivery, poisoned).await?;
+        p.ops.poison.clear(key);
+        return Ok(());
+    }
     let env = envelope(&state.delivery);
     let msg = match parse(&state.delivery.body, &env, &p.config.message) {
         Ok(m) => m,
         Err(invalid) => {
-            let id = crate::message::salvage_id(&state.delivery.body, &env);
-            return set_aside(
-                &p,
-                &store,
-                &mut state.delivery,
-                id,
-                env.correlation_id.as_deref(),
-                invalid,
-            )
-            .await;
+            let id = crate::message::salvage_id(&state.delivery.body, &env, &p.config.message);
+            return set_aside(&p, &store, &mut state.delivery, id, invalid).await;
         }
     };
     let span = tracing::Span::current();
     span.record("id", tracing::field::display(msg.id));
     span.record("correlation_id", msg.correlation_id.as_str());
+
+    // The provider before the admission: while its actor restarts, nothing is admitted (and
+    // no attempt is spent or recorded as interrupted for a call that never left drover).
+    let provider = paced(p.provider()).await?;
 
     let now = p.clock.now_ms();
     let admission = store
@@ -188,13 +245,17 @@ async fn process(state: &mut DeliveryState) -> Result<(), PipelineError> {
             tracing::info!("already sent: acked without calling the provider again");
             return ack(&mut state.delivery).await;
         }
-        Admission::AlreadyFailed { last_error } => {
+        Admission::AlreadyFailed {
+            last_error,
+            last_error_class,
+        } => {
             // Make sure the failed queue has it (a crash may have come between the commit and
-            // the publish); a duplicate there is harmless.
+            // the publish); a duplicate there is harmless. Its stored class goes with it, so a
+            // re-drive never re-sends a permanent failure.
             publish_failed(
                 &p,
                 &msg,
-                "failed",
+                last_error_class.as_deref().unwrap_or("failed"),
                 last_error.as_deref().unwrap_or("failed"),
                 0,
             )
@@ -221,114 +282,84 @@ async fn process(state: &mut DeliveryState) -> Result<(), PipelineError> {
         }
         Admission::Conflict => {
             let invalid = Invalid::DuplicateId(msg.id);
-            return set_aside(
-                &p,
-                &store,
-                &mut state.delivery,
-                None,
-                Some(&msg.correlation_id),
-                invalid,
-            )
-            .await;
+            return set_aside(&p, &store, &mut state.delivery, None, invalid).await;
         }
     };
     span.record("attempt", attempt);
 
-    let provider = p.provider()?;
-    let timeout = p.config.provider.timeout_ms + 5_000;
-    let called = tokio::time::Instant::now();
-    let sent = ractor::call_t!(
-        provider,
-        |reply| ProviderMessage::Send {
-            msg: Box::new(msg.clone()),
-            attempt,
-            reply
-        },
-        timeout
-    )
-    .map_err(|e| PipelineError::NoAnswer("the provider", e.to_string()))?;
-    if matches!(sent, SendResult::Done(_)) {
-        p.ops.metrics.attempts.increment(1);
-        p.ops
-            .metrics
-            .provider_latency
-            .record(called.elapsed().as_secs_f64());
-    }
-    let now = p.clock.now_ms();
     let delivery_cfg = &p.config.delivery;
-    let mut rng = SplitMix64::new(msg.id.as_u128() as u64 ^ attempt as u64);
-    let retry_at =
-        |rng: &mut SplitMix64| now + delivery_cfg.retry_delay(attempt, rng).as_millis() as i64;
-    let (outcome, failed) = match sent {
-        SendResult::CircuitOpen { retry_at_ms } => (
+    // The lease was stamped with `now`, before the admission's commit.
+    let admitted = now;
+    let now = p.clock.now_ms();
+    let given_back = |reason: &str| {
+        (
             AttemptOutcome::Deferred {
-                next_attempt_at: retry_at_ms,
-                reason: "provider circuit open".into(),
+                next_attempt_at: now,
+                reason: reason.to_owned(),
             },
             None,
-        ),
-        SendResult::Done(SendOutcome::Sent {
-            provider_message_id,
-        }) => (
-            AttemptOutcome::Sent {
-                provider_message_id,
-                latency_ms: 0,
-            },
-            None,
-        ),
-        SendResult::Done(SendOutcome::ProviderFault { status, detail }) => (
-            AttemptOutcome::Deferred {
-                next_attempt_at: retry_at(&mut rng),
-                reason: format!("provider fault {status}: {detail}"),
-            },
-            None,
-        ),
-        SendResult::Done(SendOutcome::Permanent { code, detail }) => {
-            let error = format!("permanent provider error {code:?}: {detail}");
-            (
-                AttemptOutcome::Failed {
-                    error_class: "permanent".into(),
-                    error: error.clone(),
-                    latency_ms: 0,
+        )
+    };
+    let (outcome, failed) = if !lease_allows_call(delivery_cfg, &p.config.provider, now - admitted)
+    {
+        // The admission took so long that the rest of the lease could not cover a provider
+        // call: another delivery could be admitted while this one is still sending. Give the
+        // attempt back instead (nothing was sent).
+        tracing::warn!(
+            elapsed_ms = now - admitted,
+            "admission took too long for the sending lease; attempt given back"
+        );
+        given_back("admission outlasted the sending lease's slack; nothing was sent")
+    } else {
+        let timeout = p.config.provider.timeout_ms + PROVIDER_CALL_MARGIN_MS;
+        let called = tokio::time::Instant::now();
+        let call = provider
+            .call(
+                |reply| ProviderMessage::Send {
+                    msg: Box::new(msg.clone()),
+                    attempt,
+                    reply,
                 },
-                Some(("permanent", error)),
+                Some(std::time::Duration::from_millis(timeout)),
             )
-        }
-        SendResult::Done(other) => {
-            let class = other.error_class().to_string();
-            let error = format!("{other:?}");
-            if attempt >= delivery_cfg.max_attempts {
-                let error = format!("gave up after {attempt} attempts; last: {error}");
-                (
-                    AttemptOutcome::Failed {
-                        error_class: class.clone(),
-                        error: error.clone(),
-                        latency_ms: 0,
-                    },
-                    Some(("exhausted", error)),
-                )
-            } else if matches!(other, SendOutcome::Ambiguous { .. }) {
-                (
-                    AttemptOutcome::Ambiguous {
-                        next_attempt_at: retry_at(&mut rng),
-                        error,
-                        latency_ms: 0,
-                    },
-                    None,
-                )
-            } else {
-                (
-                    AttemptOutcome::Retry {
-                        next_attempt_at: retry_at(&mut rng),
-                        error_class: class,
-                        error,
-                        latency_ms: 0,
-                    },
-                    None,
-                )
+            .await;
+        match call {
+            Ok(CallResult::Success(sent)) => {
+                if matches!(sent, SendResult::Done(_)) {
+                    p.ops.metrics.attempts.increment(1);
+                    p.ops
+                        .metrics
+                        .provider_latency
+                        .record(called.elapsed().as_secs_f64());
+                }
+                let now = p.clock.now_ms();
+                let mut rng = SplitMix64::new(msg.id.as_u128() as u64 ^ attempt as u64);
+                decide(sent, attempt, delivery_cfg.max_attempts, || {
+                    now + delivery_cfg.retry_delay(attempt, &mut rng).as_millis() as i64
+                })
+            }
+            // The request never reached the provider actor (it died between the lookup and
+            // the call): certainly nothing was sent.
+            Err(_) => {
+                tracing::info!("the provider actor had just stopped; attempt given back");
+                given_back("the provider actor was not running; nothing was sent")
+            }
+            Ok(CallResult::Timeout) => {
+                return Err(PipelineError::NoAnswer(
+                    "the provider",
+                    format!("no answer within {timeout} ms"),
+                ));
+            }
+            // It took the request and stopped before answering: the call may have gone out.
+            Ok(CallResult::SenderError) => {
+                return Err(PipelineError::NoAnswer(
+                    "the provider",
+                    "it stopped before answering".into(),
+                ));
             }
         }
     };
+    let now = p.clock.now_ms();
     store
         .record_outcome(msg.id, attempt, &outcome, now)
         .await
@@ -355,10 +386,10 @@ async fn process(state: &mut DeliveryState) -> Result<(), PipelineError> {
     if let Some((class, error)) = failed {
         tracing::error!(alert = "dead_letter", error_class = class, %error, "message failed: moved to the failed queue");
         publish_failed(&p, &msg, class, &error, attempt).await?;
-        crate::pipeline::alerts::raise(
+        raise(
             &p,
-            crate::pipeline::alerts::Alert {
-                kind: crate::pipeline::alerts::AlertKind::DeadLetter,
+            Alert {
+                kind: AlertKind::DeadLetter,
                 key: format!("dead_letter:{}", msg.id),
                 summary: format!("message {} failed: {error}", msg.id),
                 details: serde_json::json!({
@@ -372,6 +403,91 @@ async fn process(state: &mut DeliveryState) -> Result<(), PipelineError> {
         );
     }
     ack(&mut state.delivery).await
+}
+
+/// What to record for a send result, and whether (with which class and error) the message
+/// goes to the failed queue. `retry_at` gives the next attempt's due time.
+pub fn decide(
+    sent: SendResult,
+    attempt: u32,
+    max_attempts: u32,
+    mut retry_at: impl FnMut() -> i64,
+) -> (AttemptOutcome, Option<(&'static str, String)>) {
+    match sent {
+        SendResult::CircuitOpen { retry_at_ms } => (
+            AttemptOutcome::Deferred {
+                next_attempt_at: retry_at_ms,
+                reason: "provider circuit open".into(),
+            },
+            None,
+        ),
+        SendResult::Done(SendOutcome::Sent {
+            provider_message_id,
+        }) => (
+            AttemptOutcome::Sent {
+                provider_message_id,
+                latency_ms: 0,
+            },
+            None,
+        ),
+        SendResult::Done(SendOutcome::ProviderFault { status, detail }) => (
+            AttemptOutcome::Deferred {
+                next_attempt_at: retry_at(),
+                reason: bounded(format!("provider fault {status}: {detail}")),
+            },
+            None,
+        ),
+        SendResult::Done(SendOutcome::Permanent { code, detail }) => {
+            let error = bounded(format!("permanent provider error {code:?}: {detail}"));
+            (
+                AttemptOutcome::Failed {
+                    error_class: "permanent".into(),
+                    error: error.clone(),
+                    latency_ms: 0,
+                },
+                Some(("permanent", error)),
+            )
+        }
+        SendResult::Done(other) => {
+            let class = other.error_class().to_string();
+            let error = bounded(format!("{other:?}"));
+            if attempt >= max_attempts {
+                let error = bounded(format!("gave up after {attempt} attempts; last: {error}"));
+                (
+                    AttemptOutcome::Failed {
+                        error_class: class,
+                        error: error.clone(),
+                        latency_ms: 0,
+                    },
+                    Some(("exhausted", error)),
+                )
+            } else if matches!(other, SendOutcome::Ambiguous { .. }) {
+                (
+                    AttemptOutcome::Ambiguous {
+                        next_attempt_at: retry_at(),
+                        error,
+                        latency_ms: 0,
+                    },
+                    None,
+                )
+            } else {
+                (
+                    AttemptOutcome::Retry {
+                        next_attempt_at: retry_at(),
+                        error_class: class,
+                        error,
+                        latency_ms: 0,
+                    },
+                    None,
+                )
+            }
+        }
+    }
+}
+
+/// Error text as stored and published: a provider's answer can be as long as it likes.
+fn bounded(s: String) -> String {
+    crate::message::truncate_utf8(&s, crate::message::MAX_REASON_BYTES).into_owned()
 }
 
 async fn ack(d: &mut Delivery) -> Result<(), PipelineError> {
@@ -395,10 +511,6 @@ async fn publish_failed(
     error: &str,
     attempts: u32,
 ) -> Result<(), PipelineError> {
-    let mut headers = BTreeMap::new();
-    headers.insert(ERROR_CLASS_HEADER.to_string(), class.to_string());
-    headers.insert(ERROR_HEADER.to_string(), error.to_string());
-    headers.insert(ATTEMPTS_HEADER.to_string(), attempts.to_string());
     publish(
         p,
         Route::Failed,
@@ -406,10 +518,44 @@ async fn publish_failed(
             body: msg.to_json(),
             message_id: Some(msg.id.to_string()),
             correlation_id: Some(msg.correlation_id.clone()),
-            headers,
+            headers: failed_headers(class, error, attempts),
         },
     )
     .await
+}
+
+fn received(d: &Delivery) -> Received<'_> {
+    Received {
+        body: &d.body,
+        message_id: d.message_id.as_deref(),
+        correlation_id: d.correlation_id.as_deref(),
+        headers: &d.headers,
+    }
+}
+
+/// Record a set-aside message. An outage fails the worker (the delivery comes back later);
+/// any other error is logged and the set-aside goes on: the invalid queue's copy is the
+/// record then, and the bad message must not block its queue.
+async fn record_set_aside(
+    p: &Pipeline,
+    store: &Store,
+    d: &Delivery,
+    id: Option<uuid::Uuid>,
+    reason: &str,
+    class: &str,
+) -> Result<Option<uuid::Uuid>, PipelineError> {
+    let correlation_id = d.correlation_id.as_deref();
+    match store
+        .record_set_aside(id, correlation_id, &d.body, reason, class, p.clock.now_ms())
+        .await
+    {
+        Ok(row) => Ok(Some(row)),
+        Err(e) if e.is_unavailable() => Err(suspect(p, e)),
+        Err(e) => {
+            tracing::error!(error = %e, "could not record a set-aside message; the invalid queue holds it");
+            Ok(None)
+        }
+    }
 }
 
 /// Invalid input: record it, publish it to the invalid queue with its reason, ack.
@@ -418,35 +564,147 @@ async fn set_aside(
     store: &Store,
     d: &mut Delivery,
     id: Option<uuid::Uuid>,
-    correlation_id: Option<&str>,
     invalid: Invalid,
 ) -> Result<(), PipelineError> {
-    let reason = invalid.to_string();
-    let row = store
-        .record_invalid(id, correlation_id, &d.body, &reason, p.clock.now_ms())
-        .await
-        .map_err(|e| suspect(p, e))?;
+    let reason = invalid.reason();
+    let row = record_set_aside(p, store, d, id, &reason, "invalid").await?;
     p.ops.metrics.invalid().increment(1);
-    tracing::warn!(id = %row, class = invalid.class(), %reason, "invalid message set aside");
-    let mut headers = d.headers.clone();
-    headers.insert(INVALID_REASON_HEADER.to_string(), reason);
-    headers.insert(
-        INVALID_CLASS_HEADER.to_string(),
-        invalid.class().to_string(),
+    tracing::warn!(id = ?row, class = invalid.class(), %reason, "invalid message set aside");
+    let copy = invalid_copy(
+        received(d),
+        invalid.class(),
+        &reason,
+        p.config.message.max_payload_bytes,
     );
-    publish(
-        p,
-        Route::Invalid,
-        Outgoing {
-            body: d.body.clone(),
-            message_id: d.message_id.clone(),
-            correlation_id: d.correlation_id.clone(),
-            headers,
-        },
-    )
-    .await?;
+    publish(p, Route::Invalid, copy).await?;
     ack(d).await
+}
+
+/// The poison guard's verdict: set the delivery aside without parsing it further than the
+/// bounded id salvage (whatever made its workers fail may be in the parsing), mark a stored
+/// message of that id as quarantined, alert.
+async fn quarantine(
+    p: &Pipeline,
+    store: &Store,
+    d: &mut Delivery,
+    poisoned: Poisoned,
+) -> Result<(), PipelineError> {
+    let reason = poisoned.reason();
+    let id = crate::message::salvage_id(&d.body, &envelope(d), &p.config.message);
+    if let Some(id) = id {
+        match store.quarantine(id, &reason, p.clock.now_ms()).await {
+            Ok(_) => {}
+            Err(e) if e.is_unavailable() => return Err(suspect(p, e)),
+            Err(e) => tracing::error!(error = %e, "could not mark the quarantined message"),
+        }
+    }
+    let row = record_set_aside(p, store, d, id, &reason, "poison").await?;
+    p.ops.metrics.invalid().increment(1);
+    tracing::error!(alert = "poison", id = ?row, %reason, "poison message quarantined to the invalid queue");
+    let copy = invalid_copy(
+        received(d),
+        "poison",
+        &reason,
+        p.config.message.max_payload_bytes,
+    );
+    publish(p, Route::Invalid, copy).await?;
+    ack(d).await?;
+    let key = match row.or(id) {
+        Some(id) => format!("poison:{id}"),
+        None => "poison".to_owned(),
+    };
+    raise(
+        p,
+        Alert {
+            kind: AlertKind::Poison,
+            key,
+            summary: format!("a message was quarantined: {reason}"),
+            details: serde_json::json!({
+                "id": row.or(id),
+                "failures": poisoned.failures,
+                "last_error": poisoned.last_error,
+                "redelivered": d.redelivered,
+                "delivery_count": d.delivery_count,
+            }),
+        },
+    );
+    Ok(())
 }
 
 /// Keep the type in use for callers that need to share a worker's args.
 pub type SharedDeliveryArgs = Arc<DeliveryArgs>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_must_cover_a_provider_call() {
+        let provider = ProviderConfig {
+            timeout_ms: 10_000,
+            ..ProviderConfig::default()
+        };
+        let lease = |ms| DeliveryConfig {
+            sending_lease_ms: ms,
+            ..DeliveryConfig::default()
+        };
+        assert!(lease_covers_call(&lease(30_000), &provider).is_ok());
+        assert!(lease_covers_call(&lease(11_000), &provider).is_ok());
+        let err = lease_covers_call(&lease(10_999), &provider).unwrap_err();
+        assert!(
+            err.contains("delivery.sending_lease_ms") && err.contains("provider.timeout_ms"),
+            "{err}"
+        );
+        // At call time: what is left must cover timeout + margin.
+        assert!(lease_allows_call(&lease(11_000), &provider, 0));
+        assert!(lease_allows_call(&lease(11_000), &provider, 500));
+        assert!(!lease_allows_call(&lease(11_000), &provider, 501));
+        assert!(lease_allows_call(&lease(30_000), &provider, -5));
+    }
+
+    #[test]
+    fn decisions_per_send_result() {
+        let due = || 42;
+        let cases: Vec<(SendResult, u32, &str, Option<&str>)> = vec![
+            (
+                SendResult::CircuitOpen { retry_at_ms: 7 },
+                1,
+                "deferred",
+                None,
+            ),
+            (
+                SendResult::Done(SendOutcome::Sent {
+                    provider_message_id: "SM1".into(),
+                }),
+                1,
+                "sent",
+                None,
+            ),
+            (
+                SendResult::Done(SendOutcome::Permanent {
+                    code: Some(21610),
+                    detail: "unsubscribed".into(),
+                }),
+                1,
+                "failed",
+                Some("permanent"),
+            ),
+            (
+                SendResult::Done(SendOutcome::ProviderFault {
+                    status: 401,
+                    detail: "x".repeat(100_000),
+                }),
+                1,
+                "deferred",
+                None,
+            ),
+        ];
+        for (sent, attempt, kind, failed) in cases {
+            let (outcome, f) = decide(sent, attempt, 5, due);
+            assert_eq!(outcome.kind().as_str(), kind);
+            assert_eq!(f.as_ref().map(|(c, _)| *c), failed);
+            let text = serde_json::to_string(&outcome).unwrap();
+            assert!(text.len() < 2 * crate::message::MAX_REASON_BYTES, "bounded");
+        }
+    }
+}

@@ -14,18 +14,32 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 type Embedded = (i64, &'static str, &'static str);
 
 /// PostgreSQL migrations, in version order.
-const POSTGRES: &[Embedded] = &[(
-    1,
-    "messages",
-    include_str!("../../migrations/postgres/0001_messages.sql"),
-)];
+const POSTGRES: &[Embedded] = &[
+    (
+        1,
+        "messages",
+        include_str!("../../migrations/postgres/0001_messages.sql"),
+    ),
+    (
+        2,
+        "segments_truncation",
+        include_str!("../../migrations/postgres/0002_segments_truncation.sql"),
+    ),
+];
 
 /// SQLite migrations, in version order.
-const SQLITE: &[Embedded] = &[(
-    1,
-    "messages",
-    include_str!("../../migrations/sqlite/0001_messages.sql"),
-)];
+const SQLITE: &[Embedded] = &[
+    (
+        1,
+        "messages",
+        include_str!("../../migrations/sqlite/0001_messages.sql"),
+    ),
+    (
+        2,
+        "segments_truncation",
+        include_str!("../../migrations/sqlite/0002_segments_truncation.sql"),
+    ),
+];
 
 fn migrator(set: &'static [Embedded]) -> Migrator {
     Migrator::with_migrations(

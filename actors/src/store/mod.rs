@@ -67,6 +67,8 @@ pub struct Store {
     sending_lease_ms: i64,
     /// Group commit of admissions and outcomes, when enabled.
     batcher: Option<batch::GroupCommit>,
+    /// Invalid payloads are stored cut to this many bytes.
+    invalid_body_limit: usize,
 }
 
 impl Store {
@@ -88,6 +90,13 @@ impl Store {
     /// lease must exceed the longest attempt (provider timeout plus database round trips).
     pub fn with_sending_lease(mut self, lease_ms: i64) -> Self {
         self.sending_lease_ms = lease_ms.max(0);
+        self
+    }
+
+    /// Store invalid payloads cut to `bytes` (flagged `body_truncated`); the default is
+    /// `message.max_payload_bytes`'s default.
+    pub fn with_invalid_body_limit(mut self, bytes: usize) -> Self {
+        self.invalid_body_limit = bytes;
         self
     }
 
@@ -127,6 +136,7 @@ impl Store {
             pool,
             sending_lease_ms: 0,
             batcher: None,
+            invalid_body_limit: crate::message::MessageConfig::default().max_payload_bytes,
         };
         tracing::info!(
             backend = store.backend(),
@@ -271,15 +281,17 @@ impl Store {
     }
 
     /// Record a payload that is not a valid message: a row with status `invalid`, the raw
-    /// payload (lossy UTF-8, NUL characters replaced) as body, an empty recipient, and
-    /// `reason` as last error (class `invalid`). Returns the row's id:
+    /// payload (lossy UTF-8, NUL characters replaced, cut to the invalid-body limit and then
+    /// flagged `body_truncated`) as body, an empty recipient, and `reason` as last error
+    /// (class `invalid`; at most 512 bytes). Returns the row's id:
     ///
     /// * `id` given and unused: that id.
     /// * `id` given and already an invalid row with the same raw payload (a redelivery):
     ///   that id, unchanged.
     /// * `id` given but used by another message: that row is left alone and the invalid one
-    ///   is stored under a fresh UUID.
-    /// * no `id`: a fresh UUID.
+    ///   is stored under an id derived from `id` and the payload (the same again on a
+    ///   redelivery).
+    /// * no `id`: an id derived from the payload ([`crate::message::invalid_payload_id`]).
     ///
     /// The correlation id defaults to the given id, else the row's id.
     pub async fn record_invalid(
@@ -290,10 +302,50 @@ impl Store {
         reason: &str,
         now_ms: i64,
     ) -> Result<Uuid, StoreError> {
+        self.record_set_aside(id, correlation_id, raw, reason, "invalid", now_ms)
+            .await
+    }
+
+    /// [`Store::record_invalid`] with another class than `invalid` (`poison`: quarantined
+    /// by the poison guard).
+    pub async fn record_set_aside(
+        &self,
+        id: Option<Uuid>,
+        correlation_id: Option<&str>,
+        raw: &[u8],
+        reason: &str,
+        class: &str,
+        now_ms: i64,
+    ) -> Result<Uuid, StoreError> {
         let mut tx = self.pool.begin(Mode::Write).await?;
-        let stored = ops::record_invalid(&mut tx, id, correlation_id, raw, reason, now_ms).await?;
+        let stored = ops::record_invalid(
+            &mut tx,
+            id,
+            correlation_id,
+            raw,
+            reason,
+            class,
+            now_ms,
+            self.invalid_body_limit,
+        )
+        .await?;
         tx.commit().await?;
         Ok(stored)
+    }
+
+    /// Set a message still in play (queued, sending, retry_scheduled) aside as `invalid` with
+    /// class `poison` and `reason`, closing its open attempt as interrupted: the poison guard
+    /// quarantined it, so nothing may send it again. Returns whether such a row existed.
+    pub async fn quarantine(
+        &self,
+        id: Uuid,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin(Mode::Write).await?;
+        let changed = ops::quarantine(&mut tx, id, reason, now_ms).await?;
+        tx.commit().await?;
+        Ok(changed)
     }
 
     /// Claim up to `limit` messages whose turn has come, for republishing: `retry_scheduled`

@@ -17,7 +17,8 @@ use Arg::{Int, OptInt, OptText, Text};
 macro_rules! message_columns {
     () => {
         "id, correlation_id, recipient, body, sender, status, attempts, next_attempt_at, \
-         last_error, last_error_class, provider_message_id, created_at, updated_at, claimed_until"
+         last_error, last_error_class, provider_message_id, created_at, updated_at, claimed_until, \
+         segments, body_truncated"
     };
 }
 
@@ -38,6 +39,8 @@ db_row! {
         created_at: i64,
         updated_at: i64,
         claimed_until: Option<i64>,
+        segments: Option<i32>,
+        body_truncated: i32,
     }
 }
 
@@ -107,8 +110,9 @@ db_row! {
 // begin_attempt
 
 const INSERT_SENDING: &str = "\
-INSERT INTO messages (id, correlation_id, recipient, body, sender, status, attempts, created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, 'sending', 1, $6, $6)
+INSERT INTO messages (id, correlation_id, recipient, body, sender, status, attempts, created_at, updated_at,
+                      segments)
+VALUES ($1, $2, $3, $4, $5, 'sending', 1, $6, $6, $7)
 ON CONFLICT (id) DO NOTHING";
 
 const SELECT_MESSAGE_FOR_UPDATE_PG: &str = concat!(
@@ -158,6 +162,7 @@ pub(super) async fn begin_one(
                 Text(&msg.body),
                 OptText(msg.from.as_deref()),
                 Int(now_ms),
+                Int(i64::from(msg.segments())),
             ],
         )
         .await?;
@@ -189,6 +194,7 @@ pub(super) async fn begin_one(
         },
         MessageStatus::Failed => Admission::AlreadyFailed {
             last_error: row.last_error,
+            last_error_class: row.last_error_class,
         },
         MessageStatus::RetryScheduled => Admission::NotDue {
             next_attempt_at: row.next_attempt_at.unwrap_or(now_ms),
@@ -383,46 +389,67 @@ pub(super) async fn record_one(
 
 const INSERT_INVALID: &str = "\
 INSERT INTO messages (id, correlation_id, recipient, body, status, attempts, last_error,
-                      last_error_class, created_at, updated_at)
-VALUES ($1, $2, '', $3, 'invalid', 0, $4, 'invalid', $5, $5)
+                      last_error_class, created_at, updated_at, body_truncated)
+VALUES ($1, $2, '', $3, 'invalid', 0, $4, $6, $5, $5, $7)
 ON CONFLICT (id) DO NOTHING";
 
 const SELECT_INVALID_CHECK: &str = "SELECT status, body FROM messages WHERE id = $1";
 
+/// Text PostgreSQL can store (no NUL), bounded.
+fn storable(s: &str, max: usize) -> String {
+    crate::message::truncate_utf8(&s.replace('\0', "\u{FFFD}"), max).into_owned()
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn record_invalid(
     tx: &mut Tx,
     id: Option<Uuid>,
     correlation_id: Option<&str>,
     raw: &[u8],
     reason: &str,
+    class: &str,
     now_ms: i64,
+    max_body_bytes: usize,
 ) -> Result<Uuid, StoreError> {
-    // PostgreSQL text cannot hold NUL; replace it in both backends so they store the same.
-    let body = String::from_utf8_lossy(raw).replace('\0', "\u{FFFD}");
-    let wanted = id.unwrap_or_else(Uuid::new_v4);
+    // Bounded whatever the input: the payload cut to the limit (and flagged), NUL replaced
+    // (PostgreSQL text cannot hold it) in every text column, ids and reasons cut short.
+    let truncated = raw.len() > max_body_bytes;
+    let kept = &raw[..raw.len().min(max_body_bytes)];
+    let body = String::from_utf8_lossy(kept).replace('\0', "\u{FFFD}");
+    let reason = storable(reason, crate::message::MAX_REASON_BYTES);
+    // With no id of its own, a payload is recorded under an id derived from it, so a
+    // redelivery finds its record instead of adding one.
+    let wanted = id.unwrap_or_else(|| crate::message::invalid_payload_id(raw));
     let correlation = correlation_id
-        .map(str::to_owned)
+        .map(|c| storable(c, crate::message::AMQP_SHORT_STRING_MAX))
         .unwrap_or_else(|| wanted.to_string());
     let insert = |row_id: Uuid| InvalidRow {
         id: row_id.to_string(),
         correlation_id: &correlation,
         body: &body,
-        reason,
+        reason: &reason,
+        class,
         now_ms,
+        truncated,
     };
-    if insert(wanted).write(tx).await? == 1 {
-        return Ok(wanted);
-    }
-    let wanted_text = wanted.to_string();
-    let existing: Option<InvalidCheckRow> = tx
-        .fetch_optional(SELECT_INVALID_CHECK, &[Text(&wanted_text)])
-        .await?;
-    if let Some(existing) = existing
-        && existing.status == MessageStatus::Invalid.as_str()
-        && existing.body == body
-    {
-        // The same invalid payload again (a redelivery): already recorded.
-        return Ok(wanted);
+    // The id it claims, then one derived from that id and the payload (the claimed id
+    // belongs to another message), so a redelivery is recognised either way.
+    let derived = Uuid::new_v5(&wanted, raw);
+    for candidate in [wanted, derived] {
+        if insert(candidate).write(tx).await? == 1 {
+            return Ok(candidate);
+        }
+        let text = candidate.to_string();
+        let existing: Option<InvalidCheckRow> = tx
+            .fetch_optional(SELECT_INVALID_CHECK, &[Text(&text)])
+            .await?;
+        if let Some(existing) = existing
+            && existing.status == MessageStatus::Invalid.as_str()
+            && existing.body == body
+        {
+            // The same invalid payload again (a redelivery): already recorded.
+            return Ok(candidate);
+        }
     }
     let fresh = Uuid::new_v4();
     if insert(fresh).write(tx).await? != 1 {
@@ -439,7 +466,9 @@ struct InvalidRow<'a> {
     correlation_id: &'a str,
     body: &'a str,
     reason: &'a str,
+    class: &'a str,
     now_ms: i64,
+    truncated: bool,
 }
 
 impl InvalidRow<'_> {
@@ -451,9 +480,37 @@ impl InvalidRow<'_> {
             Text(self.body),
             Text(self.reason),
             Int(self.now_ms),
+            Text(self.class),
+            Int(i64::from(self.truncated)),
         ];
         Ok(tx.execute(INSERT_INVALID, &args).await?)
     }
+}
+
+/// Close a message's open attempts as interrupted and set it aside (`invalid`, class
+/// `poison`), if it is still in play (queued, sending or retry_scheduled).
+const QUARANTINE: &str = "\
+UPDATE messages
+SET status = 'invalid', last_error = $2, last_error_class = 'poison', next_attempt_at = NULL,
+    claimed_until = NULL, updated_at = $3
+WHERE id = $1 AND status IN ('queued', 'sending', 'retry_scheduled')";
+
+pub(super) async fn quarantine(
+    tx: &mut Tx,
+    id: Uuid,
+    reason: &str,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let id = id.to_string();
+    let reason = storable(reason, crate::message::MAX_REASON_BYTES);
+    let changed = tx
+        .execute(QUARANTINE, &[Text(&id), Text(&reason), Int(now_ms)])
+        .await?;
+    if changed == 1 {
+        tx.execute(MARK_INTERRUPTED, &[Text(&id), Int(now_ms)])
+            .await?;
+    }
+    Ok(changed == 1)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -606,6 +663,8 @@ pub(super) async fn get(tx: &mut Tx, id: Uuid) -> Result<Option<MessageRecord>, 
         created_at: row.created_at,
         updated_at: row.updated_at,
         claimed_until: row.claimed_until,
+        segments: row.segments.map(|n| n.max(0) as u32),
+        body_truncated: row.body_truncated != 0,
         history,
     }))
 }

@@ -153,6 +153,8 @@ pub enum Admission {
     AlreadyFailed {
         /// Why it failed.
         last_error: Option<String>,
+        /// The class of that error (`permanent`: never re-driven).
+        last_error_class: Option<String>,
     },
     /// The id belongs to a message recorded as invalid; drop this delivery.
     AlreadyInvalid,
@@ -260,6 +262,10 @@ pub struct MessageRecord {
     pub updated_at: i64,
     /// While a scheduler holds its claim: when the claim lapses (Unix ms).
     pub claimed_until: Option<i64>,
+    /// SMS segments its body takes (GSM-7 or UCS-2); `None` for invalid payloads.
+    pub segments: Option<u32>,
+    /// An invalid payload stored cut to `message.max_payload_bytes`.
+    pub body_truncated: bool,
     /// Every attempt, oldest first.
     pub history: Vec<AttemptRecord>,
 }
