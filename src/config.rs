@@ -10,12 +10,14 @@ use drover_actors::message::MessageConfig;
 use drover_actors::pipeline::alerts::AlertConfig;
 use drover_actors::pipeline::{DeliveryConfig, PipelineConfig, SchedulerConfig};
 use drover_actors::provider::ProviderConfig;
+use drover_actors::redact::redact_url;
 use drover_actors::store::StoreConfig;
 use drover_actors::supervisor::config::SupervisionConfig;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::access::ApiConfig;
 use crate::http::{AdminConfig, HttpConfig};
 use crate::telemetry::LogConfig;
 
@@ -39,6 +41,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub http: HttpConfig,
+    pub api: ApiConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
     pub startup: StartupConfig,
@@ -118,6 +121,8 @@ impl Config {
     /// limits AMQP cannot carry, and a sending lease that could lapse while a provider call
     /// is still in flight (a second delivery would then be admitted and sent twice).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        crate::access::protected_mode(self.http.addr, &self.api, &self.admin)
+            .map_err(ConfigError::Invalid)?;
         self.message.validate().map_err(ConfigError::Invalid)?;
         drover_actors::pipeline::worker::lease_covers_call(&self.delivery, &self.provider)
             .map_err(ConfigError::Invalid)
@@ -128,6 +133,7 @@ impl Config {
         let mut shown = self.clone();
         for secret in [
             &mut shown.admin.token,
+            &mut shown.api.token,
             &mut shown.provider.twilio.auth_token,
         ] {
             if !secret.is_empty() {
@@ -137,10 +143,13 @@ impl Config {
         if let Some(t) = shown.provider.webhook.bearer_token.as_mut() {
             *t = "<redacted>".into();
         }
-        shown.store.url = redact_url(&shown.store.url);
-        shown.broker.url = redact_url(&shown.broker.url);
+        // Parsed, not split: a password holding `@`, query secrets, the webhook's path token.
+        shown.store.url = redact_url(&shown.store.url, false);
+        shown.broker.url = redact_url(&shown.broker.url, false);
+        shown.provider.twilio.base_url = redact_url(&shown.provider.twilio.base_url, false);
+        shown.provider.webhook.url = redact_url(&shown.provider.webhook.url, false);
         if let Some(u) = shown.alerts.webhook_url.as_mut() {
-            *u = redact_url(u);
+            *u = redact_url(u, true);
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
@@ -163,20 +172,6 @@ pub fn verbatim_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String,
         Verbatim::Float(f) => f.to_string(),
         Verbatim::Bool(b) => b.to_string(),
     })
-}
-
-/// `scheme://user:password@host` -> `scheme://user:<redacted>@host`.
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let Some((creds, host)) = rest.split_once('@') else {
-        return url.to_string();
-    };
-    match creds.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
-        None => url.to_string(),
-    }
 }
 
 /// `DROVER_SECTION__KEY` variables only: a double underscore separates section and key, so

@@ -8,11 +8,13 @@
 //! | `GET /` | the live dashboard (see [`crate::dashboard`]) |
 //! | `GET /status` | the whole tree as JSON; `?format=text` for a terminal |
 //! | `POST /actors/{path}/kill` | kill the actor at `path` (admin: bearer token + switch) |
-//! | `POST /messages` | accept a message (the contract of `drover_actors::message`): validated, published to the work queue with a confirm; 202 with its id |
+//! | `POST /messages` | accept a message (the contract of `drover_actors::message`; `Content-Type: application/json`; `Idempotency-Key` honoured; rate-limited): validated, published to the work queue with a confirm; 202 with its id |
 //! | `GET /livez` | 200 while the root supervisor is alive, else 503 |
 //! | `GET /readyz` | `application/health+json`: database, broker, scheduler (decide readiness) and the provider's circuit (only warns) |
 //! | `GET /metrics` | Prometheus text format (see [`crate::metrics`]) |
-//! | `GET /messages/{id}` | a message's state and attempt history |
+//! | `GET /messages/{id}` | a message's state and attempt history (body and recipient masked unless the admin token asks `?reveal=true`) |
+//!
+//! Who may call what: [`crate::access`].
 //! | `POST /messages/{id}/retry` | put a failed message back into play (admin) |
 //! | `POST /failed/redrive` | re-drive the failed queue, rate-limited; `?dry_run=true` reports what it would (admin) |
 //! | `POST /consumption/pause`, `POST /consumption/resume` | stop / resume taking deliveries (admin) |
@@ -46,6 +48,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::access::{Access, Caller, constant_time_eq, mask_record};
 use crate::metrics::Metrics;
 
 /// Content type of `/livez` and `/readyz` (draft-inadarei-api-health-check).
@@ -92,7 +95,7 @@ impl std::fmt::Debug for AdminConfig {
 #[derive(Clone, Debug)]
 struct AppState {
     tree: Tree,
-    admin: AdminConfig,
+    access: Access,
     pipeline: Option<Pipeline>,
     metrics: Metrics,
 }
@@ -100,15 +103,17 @@ struct AppState {
 /// The router over a live tree (and its pipeline, for the message and admin routes), with a
 /// metrics recorder of its own: the pipeline's counters show only if they were registered
 /// with it, so an application serves [`router_with_metrics`] (see `App::router`).
+/// With `admin` and the default `[api]`, as a loopback listener (protected mode).
 pub fn router(tree: Tree, admin: AdminConfig, pipeline: Option<Pipeline>) -> Router {
-    router_with_metrics(tree, admin, pipeline, Metrics::new())
+    let access = Access::new(admin, crate::access::ApiConfig::default(), true);
+    router_with_metrics(tree, access, pipeline, Metrics::new())
 }
 
 /// The router, rendering `/metrics` from `metrics` (the recorder the pipeline's counters are
 /// bound to).
 pub fn router_with_metrics(
     tree: Tree,
-    admin: AdminConfig,
+    access: Access,
     pipeline: Option<Pipeline>,
     metrics: Metrics,
 ) -> Router {
@@ -135,7 +140,7 @@ pub fn router_with_metrics(
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .with_state(AppState {
             tree,
-            admin,
+            access,
             pipeline,
             metrics,
         })
@@ -154,19 +159,80 @@ fn refused(invalid: &Invalid) -> Response {
         .into_response()
 }
 
-/// `POST /messages`: validate, publish to the work queue (confirmed), answer 202 with the id.
-/// The published body always carries the id, so a retried POST of the same JSON (with or
-/// without an id) maps to the same message.
+/// Namespace of ids derived from `Idempotency-Key` headers (UUID v5 of the key).
+const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6472_6f76_6572_2d69_646d_2d6b_6579_0001);
+
+/// A JSON refusal with its class.
+fn refusal(code: StatusCode, class: &str, error: &str) -> Response {
+    (code, axum::Json(json!({ "error": error, "class": class }))).into_response()
+}
+
+/// `Content-Type: application/json` (parameters such as `charset` allowed). Anything else
+/// is refused with 415: a browser's cross-site form post cannot send it without a CORS
+/// preflight, which drover never answers.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The id of a POSTed message: its body's `id`, else one derived from its `Idempotency-Key`
+/// (the same key, the same message), else a fresh UUIDv7 (every POST a message of its own).
+/// `Err` for a key that is not 1 to 255 visible ASCII characters.
+fn intake_id(headers: &HeaderMap) -> Result<(Uuid, bool), &'static str> {
+    match headers.get("idempotency-key") {
+        None => Ok((Uuid::now_v7(), false)),
+        Some(v) => {
+            let key = v.as_bytes();
+            if key.is_empty()
+                || key.len() > 255
+                || !key.iter().all(|b| b.is_ascii_graphic() || *b == b' ')
+            {
+                return Err("Idempotency-Key must be 1 to 255 visible ASCII characters");
+            }
+            Ok((Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, key), true))
+        }
+    }
+}
+
+/// `POST /messages`: check the caller, the media type and the rate; validate; publish to the
+/// work queue (confirmed); answer 202 with the id. A message whose id is already known (the
+/// same `Idempotency-Key` or body `id` again) is not published again: 200 with its state if
+/// the payload is the same, 422 if it is not.
 async fn accept_message(
     State(app): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    if let Err((code, why)) = app.access.messages(&headers) {
+        return error(code, why);
+    }
     let Some(p) = app.pipeline else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no delivery pipeline in this process",
         );
     };
+    if !is_json(&headers) {
+        return refusal(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "POST /messages takes Content-Type: application/json",
+        );
+    }
+    if let Err(secs) = app.access.take_submission() {
+        let mut r = refusal(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            &format!("more than api.max_per_second submissions; retry in {secs} s"),
+        );
+        if let Ok(v) = header::HeaderValue::from_str(&secs.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
     let max = p.config.message.max_payload_bytes;
     let body = match body {
         Ok(b) => b,
@@ -176,10 +242,48 @@ async fn accept_message(
         }
         Err(r) => return error(r.status(), &r.body_text()),
     };
-    let msg = match parse(&body, &Envelope::default(), &p.config.message) {
+    let (id, keyed) = match intake_id(&headers) {
+        Ok(k) => k,
+        Err(why) => return refusal(StatusCode::BAD_REQUEST, "bad_idempotency_key", why),
+    };
+    let envelope = Envelope {
+        message_id: Some(id.to_string()),
+        correlation_id: None,
+    };
+    let msg = match parse(&body, &envelope, &p.config.message) {
         Ok(m) => m,
         Err(invalid) => return refused(&invalid),
     };
+    if keyed || msg.id != id {
+        // A key or an id of the caller's: it may be a retry of an earlier POST.
+        let known = tokio::time::timeout(ADMIN_TIMEOUT, async {
+            let store = store_of(&p).await.map_err(|e| e.to_string())?;
+            store.get(msg.id).await.map_err(|e| e.to_string())
+        })
+        .await;
+        match known {
+            Ok(Ok(Some(rec))) if rec.message().is_some_and(|m| m.same_payload(&msg)) => {
+                return (
+                    StatusCode::OK,
+                    axum::Json(json!({
+                        "id": rec.id, "correlation_id": rec.correlation_id, "status": rec.status,
+                        "duplicate": true,
+                    })),
+                )
+                    .into_response();
+            }
+            Ok(Ok(Some(_))) => {
+                return refusal(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    &format!("message {} exists with another payload", msg.id),
+                );
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => return unavailable(format!("the store: {e}")),
+            Err(_) => return unavailable("the store did not answer in time"),
+        }
+    }
     let out = Outgoing {
         body: msg.to_json(),
         message_id: Some(msg.id.to_string()),
@@ -224,16 +328,6 @@ fn error(code: StatusCode, message: &str) -> Response {
     (code, axum::Json(json!({ "error": message }))).into_response()
 }
 
-/// Compare without leaking where the first difference is.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8;
-    for (i, x) in a.iter().enumerate() {
-        let y = b.get(i % b.len().max(1)).copied().unwrap_or(0);
-        diff |= x ^ y;
-    }
-    diff == 0 && a.len() == b.len()
-}
-
 /// 401 unless a correct bearer token; 403 unless destructive actions are allowed.
 fn authorize_destructive(
     headers: &HeaderMap,
@@ -275,7 +369,7 @@ async fn actor_action(
             "unknown action (try POST /actors/{path}/kill)",
         );
     };
-    if let Err((code, why)) = authorize_destructive(&headers, &app.admin) {
+    if let Err((code, why)) = authorize_destructive(&headers, &app.access.admin) {
         return error(code, why);
     }
     let before = app.tree.snapshot();
@@ -505,7 +599,30 @@ fn unavailable(e: impl std::fmt::Display) -> Response {
 }
 
 /// `GET /messages/{id}`: the message's state and attempt history.
-async fn get_message(State(app): State<AppState>, Path(raw): Path<String>) -> Response {
+#[derive(Debug, Deserialize)]
+struct RevealQuery {
+    reveal: Option<bool>,
+}
+
+/// `GET /messages/{id}`: its state and history; body and recipient masked unless the admin
+/// token asks `?reveal=true`.
+async fn get_message(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    Query(q): Query<RevealQuery>,
+) -> Response {
+    let caller = match app.access.messages(&headers) {
+        Ok(c) => c,
+        Err((code, why)) => return error(code, why),
+    };
+    let reveal = q.reveal.unwrap_or(false);
+    if reveal && caller != Caller::Admin {
+        return error(
+            StatusCode::FORBIDDEN,
+            "?reveal=true needs the admin token (Authorization: Bearer <admin.token>)",
+        );
+    }
     let id = match parse_id(&raw) {
         Ok(id) => id,
         Err(r) => return r.into_response(),
@@ -520,7 +637,10 @@ async fn get_message(State(app): State<AppState>, Path(raw): Path<String>) -> Re
     })
     .await;
     match found {
-        Ok(Ok(Some(record))) => axum::Json(record).into_response(),
+        Ok(Ok(Some(record))) => {
+            let value = serde_json::to_value(&record).unwrap_or(Value::Null);
+            axum::Json(if reveal { value } else { mask_record(value) }).into_response()
+        }
         Ok(Ok(None)) => error(StatusCode::NOT_FOUND, &format!("no message {id}")),
         Ok(Err(e)) => unavailable(format!("the store: {e}")),
         Err(_) => unavailable("the store did not answer in time"),
@@ -533,7 +653,7 @@ async fn retry_message(
     Path(raw): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err((code, why)) = authorize_destructive(&headers, &app.admin) {
+    if let Err((code, why)) = authorize_destructive(&headers, &app.access.admin) {
         return error(code, why);
     }
     let id = match parse_id(&raw) {
@@ -590,7 +710,7 @@ async fn redrive(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err((code, why)) = authorize_destructive(&headers, &app.admin) {
+    if let Err((code, why)) = authorize_destructive(&headers, &app.access.admin) {
         return error(code, why);
     }
     let dry_run = match q.get("dry_run").map(String::as_str) {
@@ -630,7 +750,10 @@ async fn redrive(
         };
     }
     let now = p.clock.now_ms();
-    let previous = match p.ops.reserve_redrive(now, app.admin.redrive_cooldown_ms) {
+    let previous = match p
+        .ops
+        .reserve_redrive(now, app.access.admin.redrive_cooldown_ms)
+    {
         Ok(previous) => previous,
         Err(refused) => {
             let (why, after_ms) = match refused {
@@ -638,7 +761,7 @@ async fn redrive(
                 RedriveRefused::TooSoon { retry_after_ms } => (
                     format!(
                         "the last re-drive started less than {} ms ago (admin.redrive_cooldown_ms)",
-                        app.admin.redrive_cooldown_ms
+                        app.access.admin.redrive_cooldown_ms
                     ),
                     retry_after_ms,
                 ),
@@ -671,7 +794,7 @@ async fn redrive(
 
 /// `POST /consumption/pause` (admin).
 async fn pause(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err((code, why)) = authorize_destructive(&headers, &app.admin) {
+    if let Err((code, why)) = authorize_destructive(&headers, &app.access.admin) {
         return error(code, why);
     }
     let p = match pipeline_of(&app) {
@@ -704,7 +827,7 @@ async fn pause(State(app): State<AppState>, headers: HeaderMap) -> Response {
 
 /// `POST /consumption/resume` (admin).
 async fn resume(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err((code, why)) = authorize_destructive(&headers, &app.admin) {
+    if let Err((code, why)) = authorize_destructive(&headers, &app.access.admin) {
         return error(code, why);
     }
     let p = match pipeline_of(&app) {

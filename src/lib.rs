@@ -7,6 +7,7 @@
 //! and [`run`], which the thin binary calls and tests call in-process.
 //! Everything inside the tree lives in the `drover-actors` crate.
 
+pub mod access;
 pub mod cli;
 pub mod config;
 pub mod dashboard;
@@ -73,6 +74,8 @@ pub struct App {
     pub metrics: metrics::Metrics,
     /// The admin configuration the endpoint was started with.
     pub admin: http::AdminConfig,
+    /// Who may use which route (shared with the endpoint: the same rate limit).
+    pub access: access::Access,
     root_done: JoinHandle<()>,
     http_stop: tokio::sync::oneshot::Sender<()>,
     http_task: JoinHandle<std::io::Result<()>>,
@@ -159,9 +162,14 @@ pub async fn start(config: Config) -> Result<App, RunError> {
     let addr = listener
         .local_addr()
         .map_err(|e| RunError::Bind(config.http.addr, e))?;
+    let access = access::Access::new(
+        config.admin.clone(),
+        config.api.clone(),
+        addr.ip().is_loopback(),
+    );
     let router = http::router_with_metrics(
         tree.clone(),
-        config.admin.clone(),
+        access.clone(),
         config.pipeline.enabled.then(|| pipeline.clone()),
         metrics.clone(),
     );
@@ -185,6 +193,7 @@ pub async fn start(config: Config) -> Result<App, RunError> {
         root,
         metrics,
         admin: config.admin.clone(),
+        access,
         root_done,
         http_stop,
         http_task,
@@ -265,7 +274,7 @@ impl App {
     pub fn router(&self) -> axum::Router {
         http::router_with_metrics(
             self.tree.clone(),
-            self.admin.clone(),
+            self.access.clone(),
             self.pipeline_enabled.then(|| self.pipeline.clone()),
             self.metrics.clone(),
         )

@@ -42,6 +42,9 @@ async fn call(r: &Router, method: &str, uri: &str, token: Option<&str>, body: &s
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
+    if !body.is_empty() {
+        req = req.header("content-type", "application/json");
+    }
     let resp = r
         .clone()
         .oneshot(req.body(Body::from(body.to_owned())).unwrap())
@@ -353,7 +356,15 @@ async fn get_message_shows_state_and_history_404_and_400() {
     let id = m.send(&recipient(3)).await;
     let body = m.wait_status(id, "sent").await;
     assert_eq!(body["id"], id.to_string());
-    assert_eq!(body["recipient"], recipient(3));
+    // Masked without the admin token; revealed with it.
+    assert_eq!(body["masked"], true);
+    assert_ne!(body["recipient"], recipient(3));
+    let a = m
+        .call("GET", &format!("/messages/{id}?reveal=true"), Some(TOKEN))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.body["recipient"], recipient(3));
+    assert_eq!(a.body["body"], "your code is 1234");
     let history = body["history"].as_array().unwrap();
     assert_eq!(history.len(), 1, "{body}");
     assert_eq!(history[0]["outcome"], "sent");

@@ -546,6 +546,7 @@ async fn embedded_defaults_accept_post_messages_and_send_it() {
     // An invalid one is refused at the door.
     let resp = client
         .post(format!("http://{}/messages", app.addr))
+        .header("content-type", "application/json")
         .body(r#"{"to":"nope","body":"x"}"#)
         .send()
         .await

@@ -17,6 +17,7 @@ pub mod demo;
 pub mod message;
 pub mod pipeline;
 pub mod provider;
+pub mod redact;
 pub mod store;
 pub mod supervisor;
 pub mod tree;

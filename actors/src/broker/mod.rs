@@ -130,7 +130,7 @@ impl BrokerConfig {
         self.queue(route)
     }
 
-    /// [`url`](Self::url) with any password replaced by `***`, for logs and errors.
+    /// [`url`](Self::url) as errors and logs name it: scheme, host and port only.
     #[must_use]
     pub fn redacted_url(&self) -> String {
         redact_url(&self.url)
@@ -194,25 +194,12 @@ impl BrokerConfig {
     }
 }
 
-/// Replace the password of a URL's user info (`scheme://user:password@host`) by `***`.
+/// How errors and logs name the broker: scheme, host and port (no credentials, no vhost).
 fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    match rest[..at].find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end],
-            &rest[..colon],
-            &rest[at..]
-        ),
-        None => url.to_owned(),
+    if url.trim() == MEMORY_URL {
+        return MEMORY_URL.to_owned();
     }
+    crate::redact::origin(url)
 }
 
 /// Where a published message goes. Each route is a queue of the topology, bound to the exchange
@@ -881,10 +868,11 @@ mod tests {
     fn redacts_passwords() {
         assert_eq!(
             redact_url("amqp://guest:secret@host:5672/%2f"),
-            "amqp://guest:***@host:5672/%2f"
+            "amqp://host:5672"
         );
-        assert_eq!(redact_url("amqp://host/%2f"), "amqp://host/%2f");
-        assert_eq!(redact_url("amqp://user@host/%2f"), "amqp://user@host/%2f");
+        assert_eq!(redact_url("amqp://host/%2f"), "amqp://host");
+        assert_eq!(redact_url("amqp://user@host/%2f"), "amqp://host");
+        assert_eq!(redact_url("amqp://u:p@ss@host/v"), "amqp://host");
         assert_eq!(redact_url("memory"), "memory");
         let config = BrokerConfig {
             url: "amqp://u:hunter2@h/v".into(),

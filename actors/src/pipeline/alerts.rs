@@ -153,10 +153,23 @@ pub async fn post_alert(
             let delay = retry_base_ms.saturating_mul(1u64 << (attempt - 1).min(16));
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
+        // Errors name the webhook by its origin only: its path is often the secret.
         match client.post(url).json(payload).send().await {
             Ok(r) if r.status().is_success() => return Ok(()),
-            Ok(r) => last = format!("webhook answered {}", r.status()),
-            Err(e) => last = e.to_string(),
+            Ok(r) => {
+                last = format!(
+                    "webhook {} answered {}",
+                    crate::redact::origin(url),
+                    r.status()
+                )
+            }
+            Err(e) => {
+                last = format!(
+                    "webhook {}: {}",
+                    crate::redact::origin(url),
+                    e.without_url()
+                )
+            }
         }
     }
     Err(last)

@@ -485,13 +485,10 @@ fn http_client(timeout: Duration) -> Result<reqwest::Client, ProviderError> {
 }
 
 /// A URL fit for messages and logs: no user info, no query string, no fragment.
+/// How errors and logs name a provider URL: scheme, host and port only (a path or query
+/// can hold a token).
 fn redact_url(url: &reqwest::Url) -> String {
-    let mut u = url.clone();
-    let _ = u.set_username("");
-    let _ = u.set_password(None);
-    u.set_query(None);
-    u.set_fragment(None);
-    u.to_string()
+    crate::redact::origin(url.as_str())
 }
 
 /// An error and its sources, joined by `: ` (reqwest's own `Display` stops at the top).

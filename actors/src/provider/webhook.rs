@@ -202,6 +202,6 @@ mod tests {
         assert!(!shown.contains("query-secret"), "{shown}");
         assert!(!format!("{c:?}").contains("bearer-secret"));
         assert!(!format!("{c:?}").contains("query-secret"));
-        assert_eq!(redact_url(&client.url), "https://sms.example.com/send");
+        assert_eq!(redact_url(&client.url), "https://sms.example.com");
     }
 }
