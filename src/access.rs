@@ -22,7 +22,29 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::http::AdminConfig;
+/// `[admin]`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bearer token of admin routes; empty refuses everyone. Taken verbatim even when it
+    /// looks like a number (`DROVER_ADMIN__TOKEN=12345`).
+    #[serde(deserialize_with = "crate::config::verbatim_string")]
+    pub token: String,
+    /// Destructive admin routes answer 403 unless this is on.
+    pub allow_destructive_actions: bool,
+    /// `POST /failed/redrive` answers 429 within this time of the last re-drive's start.
+    pub redrive_cooldown_ms: u64,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("token", &"<redacted>")
+            .field("allow_destructive_actions", &self.allow_destructive_actions)
+            .field("redrive_cooldown_ms", &self.redrive_cooldown_ms)
+            .finish()
+    }
+}
 
 /// `[api]`: who may submit and read messages.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]

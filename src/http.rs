@@ -48,6 +48,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+pub use crate::access::AdminConfig;
 use crate::access::{Access, Caller, constant_time_eq, mask_record};
 use crate::metrics::Metrics;
 
@@ -66,30 +67,6 @@ pub struct HttpConfig {
     pub addr: SocketAddr,
     /// Sample the queues' depths for `/metrics` this often (a scrape never queries the broker).
     pub queue_sample_ms: u64,
-}
-
-/// `[admin]`.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminConfig {
-    /// Bearer token of admin routes; empty refuses everyone. Taken verbatim even when it
-    /// looks like a number (`DROVER_ADMIN__TOKEN=12345`).
-    #[serde(deserialize_with = "crate::config::verbatim_string")]
-    pub token: String,
-    /// Destructive admin routes answer 403 unless this is on.
-    pub allow_destructive_actions: bool,
-    /// `POST /failed/redrive` answers 429 within this time of the last re-drive's start.
-    pub redrive_cooldown_ms: u64,
-}
-
-impl std::fmt::Debug for AdminConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminConfig")
-            .field("token", &"<redacted>")
-            .field("allow_destructive_actions", &self.allow_destructive_actions)
-            .field("redrive_cooldown_ms", &self.redrive_cooldown_ms)
-            .finish()
-    }
 }
 
 #[derive(Clone, Debug)]

@@ -34,8 +34,9 @@ use std::hash::{BuildHasher, Hasher};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// AMQP 0-9-1's short-string limit: message id, correlation id, header keys.
-pub const AMQP_SHORT_STRING_MAX: usize = 255;
+/// AMQP 0-9-1's short-string limit (message id, correlation id, header keys), the broker
+/// layer's.
+pub use crate::broker::MAX_SHORT_STRING as AMQP_SHORT_STRING_MAX;
 
 /// Longest reason text drover writes about an invalid message (header, database row, log).
 pub const MAX_REASON_BYTES: usize = 512;

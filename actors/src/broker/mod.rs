@@ -46,7 +46,7 @@ pub const MEMORY_URL: &str = "memory";
 pub const DEFAULT_CONNECTION_NAME: &str = "drover";
 
 /// Longest name, message id, correlation id or header key AMQP 0-9-1 can carry (a "short string").
-const MAX_SHORT_STRING: usize = 255;
+pub const MAX_SHORT_STRING: usize = 255;
 
 /// How drover reaches its message broker and which topology it uses.
 ///

@@ -17,8 +17,8 @@ use crate::broker::{Outgoing, Route};
 use crate::pipeline::alerts::{Alert, AlertKind, raise};
 use crate::pipeline::broker::{broker_of, publish};
 use crate::pipeline::poison::counts_against_message;
+use crate::pipeline::set_aside::ERROR_CLASS_HEADER;
 use crate::pipeline::store_worker::store_of;
-use crate::pipeline::worker::ERROR_CLASS_HEADER;
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::store::MessageStatus;
 
