@@ -1,13 +1,17 @@
 //! Who may use which HTTP route: the two bearer tokens, protected mode, masked reads and the
 //! submit rate limit.
 //!
-//! | caller | message routes (`POST /messages`, `GET /messages/{id}`) | admin routes |
-//! |---|---|---|
-//! | no token, `api.token` empty (loopback only: protected mode) | yes, reads masked | 401 |
-//! | no token, `api.token` set | 401 | 401 |
-//! | `api.token` | yes, reads masked | 401 |
-//! | `admin.token` | yes; `?reveal=true` shows body and recipient | yes (destructive ones: with `admin.allow_destructive_actions`) |
-//! | a wrong token | 401 | 401 |
+//! | caller | message routes (`POST /messages`, `GET /messages/{id}`) | `?reveal=true` | admin routes |
+//! |---|---|---|---|
+//! | no token, `api.token` empty (loopback only: protected mode) | yes, reads masked | 403 | 401 |
+//! | no token, `api.token` set | 401 | 401 | 401 |
+//! | `api.token` | yes, reads masked | 403 | 401 |
+//! | `admin.token` | yes | yes | with `admin.allow_destructive_actions` (403 without) |
+//! | a wrong token | 401 | 401 | 401 |
+//!
+//! Probes, `/`, `/status`, `/metrics` and `/openapi.json` are open to all: they carry no
+//! bodies or numbers. The limiter keeps its own monotonic clock (governor's), not tokio's: a
+//! paused test clock does not refill it.
 //!
 //! Protected mode, as Redis has it: with `api.token` empty drover listens on a loopback address
 //! only; it refuses to start on any other address (exit code 2). Likewise a non-loopback

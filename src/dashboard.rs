@@ -14,6 +14,8 @@ use axum::response::{IntoResponse, Response};
 pub const PAGE: &str = include_str!("dashboard.html");
 
 /// `GET /`.
+#[utoipa::path(get, path = "/", tag = "probes",
+    responses((status = 200, description = "The live dashboard", body = String, content_type = "text/html")))]
 pub async fn page() -> Response {
     (
         [

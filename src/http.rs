@@ -13,13 +13,13 @@
 //! | `GET /readyz` | `application/health+json`: database, broker, scheduler (decide readiness) and the provider's circuit (only warns) |
 //! | `GET /metrics` | Prometheus text format (see [`crate::metrics`]) |
 //! | `GET /messages/{id}` | a message's state and attempt history (body and recipient masked unless the admin token asks `?reveal=true`) |
-//!
-//! Who may call what: [`crate::access`].
+//! | `GET /openapi.json` | this API's OpenAPI description ([`crate::openapi`]) |
 //! | `POST /messages/{id}/retry` | put a failed message back into play (admin) |
 //! | `POST /failed/redrive` | re-drive the failed queue, rate-limited; `?dry_run=true` reports what it would (admin) |
 //! | `POST /consumption/pause`, `POST /consumption/resume` | stop / resume taking deliveries (admin) |
 //!
-//! The probes (`/livez`, `/readyz`, `/metrics`) answer from cached state only. The other routes
+//! Who may call what: [`crate::access`]. The probes (`/livez`, `/readyz`, `/metrics`) answer
+//! from cached state only. The other routes
 //! may message an actor or query a dependency, always under a timeout.
 
 use std::fmt::Write as _;
@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -104,6 +104,7 @@ pub fn router_with_metrics(
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi_json))
         .route("/actors/{*rest}", post(actor_action))
         .route(
             "/messages",
@@ -178,6 +179,23 @@ fn intake_id(headers: &HeaderMap) -> Result<(Uuid, bool), &'static str> {
 /// work queue (confirmed); answer 202 with the id. A message whose id is already known (the
 /// same `Idempotency-Key` or body `id` again) is not published again: 200 with its state if
 /// the payload is the same, 422 if it is not.
+#[utoipa::path(post, path = "/messages", tag = "messages",
+    request_body(content = crate::openapi::SubmitMessage, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "1 to 255 visible ASCII characters: the same key and payload give the same message (no second send); the same key with another payload is refused (422)")),
+    responses(
+        (status = 202, description = "Published to the work queue (confirmed)", body = crate::openapi::Accepted),
+        (status = 200, description = "A message with this id exists with the same payload; not sent again", body = crate::openapi::Duplicate),
+        (status = 400, description = "A malformed Idempotency-Key", body = crate::openapi::ErrorBody),
+        (status = 401, description = "A wrong token, or none while api.token is set", body = crate::openapi::ErrorBody),
+        (status = 413, description = "Over message.max_payload_bytes", body = crate::openapi::ErrorBody),
+        (status = 415, description = "Not Content-Type: application/json", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Invalid under the message contract, or an Idempotency-Key reused with another payload", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Over api.max_per_second", body = crate::openapi::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "The broker or the store did not take it", body = crate::openapi::ErrorBody),
+    ),
+    security((), ("api_token" = []), ("admin_token" = [])))]
 async fn accept_message(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -285,7 +303,21 @@ struct StatusQuery {
     format: Option<String>,
 }
 
-async fn status(State(app): State<AppState>, Query(q): Query<StatusQuery>) -> Response {
+#[utoipa::path(get, path = "/status", tag = "probes",
+    params(("format" = Option<String>, Query, description = "`json` (the default) or `text`")),
+    responses(
+        (status = 200, description = "The live supervision tree (JSON, or indented text with ?format=text)", 
+            content((Object = "application/json"), (String = "text/plain"))),
+        (status = 400, description = "An unknown format", body = crate::openapi::ErrorBody),
+    ))]
+async fn status(
+    State(app): State<AppState>,
+    q: Result<Query<StatusQuery>, QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(r) => return bad_query(&r),
+    };
     let snap = app.tree.snapshot();
     match q.format.as_deref() {
         Some("text") => (
@@ -299,6 +331,11 @@ async fn status(State(app): State<AppState>, Query(q): Query<StatusQuery>) -> Re
             &format!("unknown format `{other}` (json or text)"),
         ),
     }
+}
+
+/// A query string that does not parse: 400, as JSON like every other refusal.
+fn bad_query(r: &QueryRejection) -> Response {
+    error(StatusCode::BAD_REQUEST, &r.body_text())
 }
 
 fn error(code: StatusCode, message: &str) -> Response {
@@ -335,6 +372,16 @@ fn authorize_destructive(
     Ok(())
 }
 
+#[utoipa::path(post, path = "/actors/{path}/kill", tag = "admin",
+    params(("path" = String, Path, description = "The actor's path in the tree, e.g. `root/broker/consumer`")),
+    responses(
+        (status = 202, description = "Killed; its supervisor handles the exit", body = crate::openapi::Killed),
+        (status = 401, description = "Not the admin token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "admin.allow_destructive_actions is off", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such actor or action", body = crate::openapi::ErrorBody),
+        (status = 409, description = "The actor is not running", body = crate::openapi::ErrorBody),
+    ),
+    security(("admin_token" = [])))]
 async fn actor_action(
     State(app): State<AppState>,
     Path(rest): Path<String>,
@@ -392,6 +439,11 @@ fn root_alive(tree: &Tree) -> Result<(), String> {
 
 /// `GET /livez`: the process answers and the root supervisor is alive. Checks nothing
 /// external.
+#[utoipa::path(get, path = "/livez", tag = "probes",
+    responses(
+        (status = 200, description = "The root supervisor is alive", body = Object, content_type = "application/health+json"),
+        (status = 503, description = "It is not", body = Object, content_type = "application/health+json"),
+    ))]
 async fn livez(State(app): State<AppState>) -> Response {
     match root_alive(&app.tree) {
         Ok(()) => health(StatusCode::OK, json!({ "status": "pass" })),
@@ -481,6 +533,11 @@ fn circuit_check(p: &Pipeline, tree: &Tree) -> Value {
 /// `GET /readyz` (`application/health+json`): the database, the broker (connection and
 /// consumer) and the scheduler decide readiness (any `fail` -> 503); the provider's circuit
 /// only warns.
+#[utoipa::path(get, path = "/readyz", tag = "probes",
+    responses(
+        (status = 200, description = "Ready (`pass`) or ready with warnings (`warn`)", body = Object, content_type = "application/health+json"),
+        (status = 503, description = "A dependency fails", body = Object, content_type = "application/health+json"),
+    ))]
 async fn readyz(State(app): State<AppState>) -> Response {
     let snap = app.tree.snapshot();
     let mut checks = serde_json::Map::new();
@@ -536,7 +593,20 @@ async fn readyz(State(app): State<AppState>) -> Response {
     health(code, json!({ "status": status, "checks": checks }))
 }
 
+/// `GET /openapi.json`: this API's OpenAPI description ([`crate::openapi`]).
+#[utoipa::path(get, path = "/openapi.json", tag = "probes",
+    responses((status = 200, description = "This description", body = Object)))]
+async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::json(),
+    )
+        .into_response()
+}
+
 /// `GET /metrics`: Prometheus text format, from cached state.
+#[utoipa::path(get, path = "/metrics", tag = "probes",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics_text(State(app): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
@@ -583,12 +653,28 @@ struct RevealQuery {
 
 /// `GET /messages/{id}`: its state and history; body and recipient masked unless the admin
 /// token asks `?reveal=true`.
+#[utoipa::path(get, path = "/messages/{id}", tag = "messages",
+    params(("id" = uuid::Uuid, Path, description = "The message's id"),
+        ("reveal" = Option<bool>, Query, description = "Show body and recipient unmasked (admin token only)")),
+    responses(
+        (status = 200, description = "Its state and attempt history; body and recipient masked unless revealed", body = drover_actors::store::MessageRecord),
+        (status = 400, description = "Not a UUID, or a bad query", body = crate::openapi::ErrorBody),
+        (status = 401, description = "A wrong token, or none while api.token is set", body = crate::openapi::ErrorBody),
+        (status = 403, description = "?reveal=true without the admin token", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such message", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The store did not answer", body = crate::openapi::ErrorBody),
+    ),
+    security((), ("api_token" = []), ("admin_token" = [])))]
 async fn get_message(
     State(app): State<AppState>,
     headers: HeaderMap,
     Path(raw): Path<String>,
-    Query(q): Query<RevealQuery>,
+    q: Result<Query<RevealQuery>, QueryRejection>,
 ) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(r) => return bad_query(&r),
+    };
     let caller = match app.access.messages(&headers) {
         Ok(c) => c,
         Err((code, why)) => return error(code, why),
@@ -625,6 +711,17 @@ async fn get_message(
 }
 
 /// `POST /messages/{id}/retry` (admin): a failed message back into play.
+#[utoipa::path(post, path = "/messages/{id}/retry", tag = "admin",
+    params(("id" = uuid::Uuid, Path, description = "The failed message's id")),
+    responses(
+        (status = 202, description = "Back into play", body = crate::openapi::Retried),
+        (status = 400, description = "Not a UUID", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Not the admin token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "admin.allow_destructive_actions is off", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such message, or it is not failed", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The scheduler or the store did not answer", body = crate::openapi::ErrorBody),
+    ),
+    security(("admin_token" = [])))]
 async fn retry_message(
     State(app): State<AppState>,
     Path(raw): Path<String>,
@@ -682,11 +779,28 @@ async fn retry_message(
 }
 
 /// `POST /failed/redrive[?dry_run=true]` (admin).
+#[utoipa::path(post, path = "/failed/redrive", tag = "admin",
+    params(("dry_run" = Option<bool>, Query, description = "Only report what a re-drive would take")),
+    responses(
+        (status = 200, description = "Dry run: the failed queue as it is", body = crate::openapi::RedriveDryRun),
+        (status = 202, description = "Re-drive started", body = crate::openapi::Redriving),
+        (status = 400, description = "A bad dry_run", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Not the admin token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "admin.allow_destructive_actions is off", body = crate::openapi::ErrorBody),
+        (status = 429, description = "One is running, or the last started within admin.redrive_cooldown_ms", body = crate::openapi::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "The broker or the scheduler did not answer", body = crate::openapi::ErrorBody),
+    ),
+    security(("admin_token" = [])))]
 async fn redrive(
     State(app): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(r) => return bad_query(&r),
+    };
     if let Err((code, why)) = authorize_destructive(&headers, &app.access.admin) {
         return error(code, why);
     }
@@ -770,6 +884,15 @@ async fn redrive(
 }
 
 /// `POST /consumption/pause` (admin).
+#[utoipa::path(post, path = "/consumption/pause", tag = "admin",
+    responses(
+        (status = 200, description = "Paused", body = crate::openapi::Consumption),
+        (status = 202, description = "Paused by the switch: the consumer is restarting and follows it", body = crate::openapi::Consumption),
+        (status = 401, description = "Not the admin token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "admin.allow_destructive_actions is off", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The consumer did not answer", body = crate::openapi::ErrorBody),
+    ),
+    security(("admin_token" = [])))]
 async fn pause(State(app): State<AppState>, headers: HeaderMap) -> Response {
     if let Err((code, why)) = authorize_destructive(&headers, &app.access.admin) {
         return error(code, why);
@@ -803,6 +926,15 @@ async fn pause(State(app): State<AppState>, headers: HeaderMap) -> Response {
 }
 
 /// `POST /consumption/resume` (admin).
+#[utoipa::path(post, path = "/consumption/resume", tag = "admin",
+    responses(
+        (status = 200, description = "Resumed", body = crate::openapi::Consumption),
+        (status = 202, description = "Resumed by the switch: the consumer is restarting and follows it", body = crate::openapi::Consumption),
+        (status = 401, description = "Not the admin token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "admin.allow_destructive_actions is off", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The consumer did not answer", body = crate::openapi::ErrorBody),
+    ),
+    security(("admin_token" = [])))]
 async fn resume(State(app): State<AppState>, headers: HeaderMap) -> Response {
     if let Err((code, why)) = authorize_destructive(&headers, &app.access.admin) {
         return error(code, why);

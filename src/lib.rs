@@ -14,6 +14,7 @@ pub mod dashboard;
 pub mod exit;
 pub mod http;
 pub mod metrics;
+pub mod openapi;
 pub mod telemetry;
 
 use std::future::Future;

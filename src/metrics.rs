@@ -19,6 +19,7 @@
 //! | `drover_provider_circuit_state` | gauge | | 0 closed, 1 half-open, 2 open |
 //! | `drover_queue_depth` | gauge | `queue` | ready messages, as last sampled (`http.queue_sample_ms`) |
 //! | `drover_queue_consumers` | gauge | `queue` | consumers, as last sampled |
+//! | `drover_queue_dropped` | gauge | `queue` | messages the in-memory broker's failed / invalid queue dropped to stay within `broker.memory_keep_newest` (0 on RabbitMQ) |
 //! | `drover_consumption_paused` | gauge | | 1 while an operator paused consumption |
 
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub const CIRCUIT_STATE: &str = "drover_provider_circuit_state";
 pub const QUEUE_DEPTH: &str = "drover_queue_depth";
 /// Gauge: consumers by queue, as last sampled.
 pub const QUEUE_CONSUMERS: &str = "drover_queue_consumers";
+/// Gauge: messages a bounded in-memory queue dropped, by queue.
+pub const QUEUE_DROPPED: &str = "drover_queue_dropped";
 /// Gauge: 1 while consumption is paused.
 pub const CONSUMPTION_PAUSED: &str = "drover_consumption_paused";
 
@@ -108,6 +111,11 @@ impl Metrics {
                 Unit::Count,
                 "Consumers by queue, as last sampled"
             );
+            metrics::describe_gauge!(
+                QUEUE_DROPPED,
+                Unit::Count,
+                "Messages a bounded in-memory queue dropped (oldest first), as last sampled"
+            );
             metrics::describe_gauge!(CONSUMPTION_PAUSED, "1 while an operator paused consumption");
         });
         m
@@ -155,7 +163,9 @@ impl Metrics {
             }
             for (queue, s) in p.ops.queues() {
                 metrics::gauge!(QUEUE_DEPTH, "queue" => queue.clone()).set(f64::from(s.ready));
-                metrics::gauge!(QUEUE_CONSUMERS, "queue" => queue).set(f64::from(s.consumers));
+                metrics::gauge!(QUEUE_CONSUMERS, "queue" => queue.clone())
+                    .set(f64::from(s.consumers));
+                metrics::gauge!(QUEUE_DROPPED, "queue" => queue).set(s.dropped as f64);
             }
             metrics::gauge!(CONSUMPTION_PAUSED).set(if p.ops.consumption_paused() {
                 1.0

@@ -212,3 +212,163 @@ async fn client_commands_against_a_live_instance() {
 
     app.shutdown().await.unwrap();
 }
+
+/// Every secret-bearing key, redacted by parsing: a password holding `@` or `%40`, query
+/// values of secret-looking names, credentials in the Twilio base URL and the alert webhook's
+/// path; what is not secret (hosts, other query keys) still shows.
+#[tokio::test]
+async fn config_redacts_every_secret_bearing_url_and_token() {
+    let o = output(
+        drover(&["config"])
+            .env(
+                "DROVER_STORE__URL",
+                "postgres://drover:p@ss%40w0rd@127.0.0.1/drover?password=qs3cret&sslmode=disable",
+            )
+            .env(
+                "DROVER_BROKER__URL",
+                "amqp://guest:br0ker%40pw@127.0.0.1:5672/%2f",
+            )
+            .env(
+                "DROVER_PROVIDER__TWILIO__BASE_URL",
+                "https://ACuser:tw1l10pw@127.0.0.1:9443",
+            )
+            .env(
+                "DROVER_PROVIDER__WEBHOOK__URL",
+                "http://127.0.0.1:9/hook?api_key=wh00kkey&Signature=s1gval&region=eu",
+            )
+            .env(
+                "DROVER_ALERTS__WEBHOOK_URL",
+                "https://127.0.0.1:9/services/T000/B000/alertp4thtoken",
+            )
+            .env("DROVER_API__TOKEN", "ap1t0ken")
+            .env("DROVER_ADMIN__TOKEN", "adm1nt0ken")
+            .env("DROVER_PROVIDER__TWILIO__AUTH_TOKEN", "tw1l10auth")
+            .env("DROVER_PROVIDER__WEBHOOK__BEARER_TOKEN", "b3arer"),
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for secret in [
+        "p@ss",
+        "w0rd",
+        "qs3cret",
+        "br0ker",
+        "tw1l10pw",
+        "wh00kkey",
+        "s1gval",
+        "alertp4th",
+        "ap1t0ken",
+        "adm1nt0ken",
+        "tw1l10auth",
+        "b3arer",
+    ] {
+        assert!(!out.contains(secret), "`{secret}` printed:\n{out}");
+    }
+    for shown in [
+        "postgres://drover:REDACTED@127.0.0.1/drover",
+        "sslmode=disable",
+        "amqp://guest:REDACTED@127.0.0.1:5672/%2f",
+        "https://ACuser:REDACTED@127.0.0.1:9443",
+        "region=eu",
+        "https://127.0.0.1:9/REDACTED",
+    ] {
+        assert!(out.contains(shown), "`{shown}` missing:\n{out}");
+    }
+}
+
+/// A non-loopback `http.addr` without `api.token`: exit 2 and one line naming both keys,
+/// before anything listens (only the refusal is observed; nothing talks to 0.0.0.0).
+#[tokio::test]
+async fn serve_on_a_non_loopback_address_without_api_token_exits_2() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let o = output(drover(&["serve"]).env("DROVER_HTTP__ADDR", format!("0.0.0.0:{port}"))).await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let line = one_error_line(&o);
+    assert!(
+        line.contains("http.addr") && line.contains("api.token"),
+        "{line}"
+    );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}
+
+/// A failed alert POST is logged naming the webhook by scheme, host and port only: its path
+/// token and query secrets stay out of the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_alert_post_logs_the_webhook_origin_only() {
+    use tokio::io::AsyncBufReadExt;
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (http_port, dead_port) = (free(), free());
+    let db = std::env::temp_dir().join(format!("drover-cli-{}.db", uuid::Uuid::new_v4().simple()));
+    let mut child = drover(&["serve"])
+        .env("DROVER_HTTP__ADDR", format!("127.0.0.1:{http_port}"))
+        .env(
+            "DROVER_STORE__URL",
+            format!("sqlite://{}?mode=rwc", db.display()),
+        )
+        .env("DROVER_LOG__FORMAT", "json")
+        .env(
+            "DROVER_ALERTS__WEBHOOK_URL",
+            format!("http://127.0.0.1:{dead_port}/hooks/alertp4thtoken?token=qs3cret"),
+        )
+        .env("DROVER_ALERTS__RETRIES", "0")
+        .env("DROVER_PROVIDER__SIMULATED__TRANSIENT_FAILURE_RATE", "0")
+        .env("DROVER_PROVIDER__SIMULATED__PERMANENT_FAILURE_RATE", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("drover starts");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{http_port}");
+    let found = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        // Up: then one message, which fails permanently and raises a dead-letter alert.
+        loop {
+            if client.get(format!("{base}/livez")).send().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let r = client
+            .post(format!("{base}/messages"))
+            .header("content-type", "application/json")
+            .body(r#"{"to":"+15550007777","body":"never arrives"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let mut seen = Vec::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("alert not delivered to the webhook") {
+                return (line, seen);
+            }
+            seen.push(line);
+        }
+        panic!("drover's stderr ended: {seen:#?}");
+    })
+    .await
+    .expect("no failed-alert log line within 60 s");
+    let (line, seen) = found;
+    let _ = child.kill().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    assert!(
+        line.contains(&format!("http://127.0.0.1:{dead_port}")),
+        "{line}"
+    );
+    for l in seen.iter().chain([&line]) {
+        assert!(
+            !l.contains("alertp4th") && !l.contains("qs3cret"),
+            "a secret in the log: {l}"
+        );
+    }
+}

@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh Debian machine with only the Rust toolchain:
 #   1. installs RabbitMQ (Debian's rabbitmq-server) and PostgreSQL (Debian's postgresql) if absent,
 #   2. starts both on loopback and creates the `drover` role and database,
-#   3. runs fmt, clippy and every test in the workspace.
+#   3. runs fmt, clippy and every test in the workspace,
+#   4. fuzzes the running binary's HTTP API against its OpenAPI description (tests/schemathesis.sh).
 # Idempotent: a second run reuses what the first one installed and started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -72,4 +73,6 @@ log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
 cargo test --workspace --locked
+log "schemathesis against the running binary"
+bash tests/schemathesis.sh
 log "all green"

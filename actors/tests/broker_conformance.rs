@@ -63,6 +63,7 @@ impl Env {
             prefetch: 16,
             connect_timeout_ms: 5_000,
             confirm_timeout_ms: 5_000,
+            ..BrokerConfig::default()
         };
         Env {
             backend,
@@ -164,33 +165,39 @@ async fn rabbitmqctl(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// `rabbitmqctl close_connection` on the connection whose client properties carry `name`
-/// (falls back to `close_all_connections` if it cannot be found).
+/// `rabbitmqctl close_connection` on the connection whose client properties carry `name`.
+/// RabbitMQ may list a new connection a moment late: the listing is retried (bounded), and a
+/// connection that never shows fails the test. Never `close_all_connections`: that would cut
+/// the connections of every test running beside this one.
 async fn rabbitmq_close_connection(name: &str) {
-    // One line per connection: the pid (`<rabbit@host.N.M.K>`), a tab, the client properties.
-    let listing = rabbitmqctl(&[
-        "list_connections",
-        "pid",
-        "client_properties",
-        "--quiet",
-        "--no-table-headers",
-    ])
-    .await;
-    let pids: Vec<&str> = listing
-        .lines()
-        .filter(|line| line.contains(name))
-        .filter_map(|line| line.split_whitespace().next())
-        .collect();
-    if pids.is_empty() {
-        eprintln!(
-            "connection {name:?} not found by rabbitmqctl list_connections; \
-             falling back to close_all_connections"
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let pids = loop {
+        // One line per connection: the pid (`<rabbit@host.N.M.K>`), a tab, the client
+        // properties.
+        let listing = rabbitmqctl(&[
+            "list_connections",
+            "pid",
+            "client_properties",
+            "--quiet",
+            "--no-table-headers",
+        ])
+        .await;
+        let pids: Vec<String> = listing
+            .lines()
+            .filter(|line| line.contains(name))
+            .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+            .collect();
+        if !pids.is_empty() {
+            break pids;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connection {name:?} never listed by rabbitmqctl list_connections"
         );
-        rabbitmqctl(&["close_all_connections", "test"]).await;
-        return;
-    }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     for pid in pids {
-        rabbitmqctl(&["close_connection", pid, "test"]).await;
+        rabbitmqctl(&["close_connection", &pid, "test"]).await;
     }
 }
 
@@ -326,6 +333,7 @@ async fn publish_consume_ack(env: Env) {
         QueueStats {
             ready: 0,
             consumers: 1,
+            dropped: 0,
         },
     )
     .await;
@@ -336,6 +344,7 @@ async fn publish_consume_ack(env: Env) {
         QueueStats {
             ready: 0,
             consumers: 0,
+            dropped: 0,
         },
     )
     .await;
@@ -512,6 +521,7 @@ async fn closed_consumer_requeues_unacked(env: Env) {
         QueueStats {
             ready: 0,
             consumers: 1,
+            dropped: 0,
         },
     )
     .await;
@@ -535,6 +545,7 @@ async fn prefetch_respected(env: Env) {
         QueueStats {
             ready: 3,
             consumers: 1,
+            dropped: 0,
         },
     )
     .await;
@@ -558,6 +569,7 @@ async fn prefetch_respected(env: Env) {
         QueueStats {
             ready: 0,
             consumers: 1,
+            dropped: 0,
         },
     )
     .await;
@@ -577,6 +589,7 @@ async fn topology_declaration_idempotent(env: Env) {
         let want = QueueStats {
             ready: u32::from(route == Route::Work),
             consumers: 0,
+            dropped: 0,
         };
         wait_stats(&third, env.config.queue(route), want).await;
     }
@@ -602,6 +615,7 @@ async fn failed_and_invalid_routes(env: Env) {
             QueueStats {
                 ready: 1,
                 consumers: 0,
+                dropped: 0,
             },
         )
         .await;
@@ -630,6 +644,7 @@ async fn queue_stats_counts(env: Env) {
         QueueStats {
             ready: 0,
             consumers: 0,
+            dropped: 0,
         },
     )
     .await;
@@ -642,6 +657,7 @@ async fn queue_stats_counts(env: Env) {
         QueueStats {
             ready: 3,
             consumers: 0,
+            dropped: 0,
         },
     )
     .await;
@@ -654,6 +670,7 @@ async fn queue_stats_counts(env: Env) {
         QueueStats {
             ready: 2,
             consumers: 1,
+            dropped: 0,
         },
     )
     .await;
@@ -664,6 +681,7 @@ async fn queue_stats_counts(env: Env) {
         QueueStats {
             ready: 1,
             consumers: 2,
+            dropped: 0,
         },
     )
     .await;
@@ -674,6 +692,7 @@ async fn queue_stats_counts(env: Env) {
         QueueStats {
             ready: 2,
             consumers: 1,
+            dropped: 0,
         },
     )
     .await;
@@ -684,6 +703,7 @@ async fn queue_stats_counts(env: Env) {
         QueueStats {
             ready: 3,
             consumers: 0,
+            dropped: 0,
         },
     )
     .await;
@@ -701,6 +721,7 @@ async fn queue_stats_counts(env: Env) {
         QueueStats {
             ready: 3,
             consumers: 0,
+            dropped: 0,
         },
     )
     .await;
@@ -929,6 +950,15 @@ async fn rabbit_unreachable_fails_fast() {
 
 #[tokio::test]
 async fn rabbit_bad_credentials_fail() {
+    // RabbitMQ must be there: refused credentials, not a refused connection, are the point.
+    let good = BrokerConfig {
+        url: amqp_url(),
+        ..BrokerConfig::default()
+    };
+    let probe = within("connect", Broker::connect(&good, &MemoryBroker::new()))
+        .await
+        .unwrap_or_else(|e| panic!("RabbitMQ must be reachable for this test: {e}"));
+    probe.close().await.expect("close");
     let url = amqp_url();
     let (scheme, rest) = url.split_once("://").expect("an amqp:// URL");
     let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
@@ -942,11 +972,74 @@ async fn rabbit_bad_credentials_fail() {
         Broker::connect(&config, &MemoryBroker::new()),
     )
     .await;
+    let Err(BrokerError::Connect { reason, url }) = &result else {
+        panic!("expected a refused login, got {result:?}");
+    };
     assert!(
-        matches!(
-            result,
-            Err(BrokerError::Connect { .. } | BrokerError::ConnectTimeout { .. })
-        ),
-        "{result:?}"
+        reason.contains("ACCESS_REFUSED") || reason.to_lowercase().contains("auth"),
+        "the reason names the refused login: {reason}"
     );
+    assert!(!url.contains("wrong"), "password leaked: {url}");
+}
+
+/// The in-memory broker's bounds: the work queue refuses beyond `memory_max_length` (a nack:
+/// the sender keeps the message), and takes again once a consumer drained it; the failed and
+/// invalid queues keep the newest `memory_keep_newest` and count what they drop.
+#[tokio::test]
+async fn memory_queues_are_bounded() {
+    let mut env = Env::new(Backend::Memory);
+    env.config.memory_max_length = 3;
+    env.config.memory_keep_newest = 2;
+    let broker = env.connect().await;
+    let publisher = open_publisher(&broker).await;
+    for i in 0..3 {
+        publish(&publisher, Route::Work, &format!("w{i}")).await;
+    }
+    let refused = publisher
+        .publish(
+            Route::Work,
+            Outgoing {
+                body: b"w3".to_vec(),
+                ..Outgoing::default()
+            },
+        )
+        .await;
+    assert_eq!(
+        refused,
+        Err(BrokerError::PublishNacked { route: Route::Work })
+    );
+    let mut consumer = open_consumer(&broker, env.work(), 1).await;
+    let mut d = next(&mut consumer).await;
+    assert_eq!(body(&d), "w0");
+    d.ack().await.expect("ack");
+    publish(&publisher, Route::Work, "w3").await;
+
+    for i in 0..5 {
+        publish(&publisher, Route::Failed, &format!("f{i}")).await;
+    }
+    publish(&publisher, Route::Invalid, "i0").await;
+    let failed = env.config.failed_queue.clone();
+    wait_stats(
+        &broker,
+        &failed,
+        QueueStats {
+            ready: 2,
+            consumers: 0,
+            dropped: 3,
+        },
+    )
+    .await;
+    let mut consumer = open_consumer(&broker, &failed, 4).await;
+    let kept = next_n(&mut consumer, 2).await;
+    assert_eq!(sorted_bodies(&kept), ["f3", "f4"], "the newest are kept");
+    wait_stats(
+        &broker,
+        &env.config.invalid_queue,
+        QueueStats {
+            ready: 1,
+            consumers: 0,
+            dropped: 0,
+        },
+    )
+    .await;
 }

@@ -7,7 +7,10 @@
 //!   handed to a consumer.
 //! * Nacked-with-requeue messages, and the unsettled deliveries of a consumer that goes away,
 //!   return to the **front** of their queue, marked `redelivered`.
-//! * Publishes are confirmed at once.
+//! * Publishes are confirmed at once, except beyond the work queue's bound
+//!   ([`BrokerConfig::memory_max_length`]): nacked, like RabbitMQ's `reject-publish`. The
+//!   failed and invalid queues keep their newest [`BrokerConfig::memory_keep_newest`] and count
+//!   what they drop (`drop-head`).
 //!
 //! Locking: one mutex guards the whole broker. Nothing that could take it again (a
 //! [`Delivery`], whose `Drop` requeues) is ever created or dropped while it is held: consumers
@@ -57,6 +60,8 @@ struct Queue {
     consumers: Vec<u64>,
     /// Index in `consumers` of the next one to try (round robin).
     next_consumer: usize,
+    /// Messages dropped from the head to stay within `memory_keep_newest`.
+    dropped: u64,
 }
 
 #[derive(Clone)]
@@ -381,6 +386,7 @@ impl MemoryConnection {
         Ok(QueueStats {
             ready: u32::try_from(q.ready.len()).unwrap_or(u32::MAX),
             consumers: u32::try_from(q.consumers.len()).unwrap_or(u32::MAX),
+            dropped: q.dropped,
         })
     }
 
@@ -573,6 +579,19 @@ impl MemoryPublisher {
                 reason: "NO_ROUTE".into(),
             });
         }
+        // The work queue refuses beyond its bound (the publisher sees a nack and the message
+        // stays with its sender); the failed and invalid queues drop their oldest instead.
+        let (max, keep) = match route {
+            Route::Work => (config.memory_max_length, 0),
+            Route::Failed | Route::Invalid => (0, config.memory_keep_newest),
+        };
+        if max > 0
+            && queues
+                .iter()
+                .any(|q| state.queues.get(q).is_some_and(|q| q.ready.len() >= max))
+        {
+            return Err(BrokerError::PublishNacked { route });
+        }
         let message = Message {
             body: msg.body,
             message_id: msg.message_id,
@@ -585,6 +604,10 @@ impl MemoryPublisher {
         for queue in &queues {
             if let Some(q) = state.queues.get_mut(queue) {
                 q.ready.push_back(message.clone());
+                while keep > 0 && q.ready.len() > keep {
+                    q.ready.pop_front();
+                    q.dropped += 1;
+                }
             }
             state.dispatch(queue);
         }

@@ -75,6 +75,15 @@ pub struct BrokerConfig {
     pub connect_timeout_ms: u64,
     /// How long [`Publisher::publish`] waits for the broker's publisher confirm, in milliseconds.
     pub confirm_timeout_ms: u64,
+    /// In-memory broker only: the work queue holds at most this many ready messages; a publish
+    /// beyond it is refused as a nack ([`BrokerError::PublishNacked`], RabbitMQ's
+    /// `x-overflow = reject-publish`), so nothing is dropped silently. `0`: unbounded.
+    pub memory_max_length: usize,
+    /// In-memory broker only: the failed and invalid queues keep the newest this many messages
+    /// and count the older ones they drop ([`QueueStats::dropped`], RabbitMQ's `drop-head`).
+    /// Their rows stay in the store, so a dropped failed message can still be retried by id.
+    /// `0`: unbounded.
+    pub memory_keep_newest: usize,
 }
 
 impl Default for BrokerConfig {
@@ -88,6 +97,8 @@ impl Default for BrokerConfig {
             prefetch: 256,
             connect_timeout_ms: 5_000,
             confirm_timeout_ms: 10_000,
+            memory_max_length: 100_000,
+            memory_keep_newest: 10_000,
         }
     }
 }
@@ -103,6 +114,8 @@ impl fmt::Debug for BrokerConfig {
             .field("prefetch", &self.prefetch)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("confirm_timeout_ms", &self.confirm_timeout_ms)
+            .field("memory_max_length", &self.memory_max_length)
+            .field("memory_keep_newest", &self.memory_keep_newest)
             .finish()
     }
 }
@@ -379,6 +392,10 @@ pub struct QueueStats {
     pub ready: u32,
     /// Active consumers on the queue.
     pub consumers: u32,
+    /// Messages the queue dropped to stay within its bound (the in-memory broker's failed and
+    /// invalid queues, [`BrokerConfig::memory_keep_newest`]); always 0 on RabbitMQ.
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 /// A message to publish.

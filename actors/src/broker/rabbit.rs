@@ -421,6 +421,7 @@ impl RabbitBroker {
             Ok(q) => Ok(QueueStats {
                 ready: q.message_count(),
                 consumers: q.consumer_count(),
+                dropped: 0,
             }),
             Err(e) if is_not_found(&e) => Err(BrokerError::QueueNotFound(queue.to_owned())),
             Err(e) => Err(self.classify(&e).unwrap_or(BrokerError::Operation {

@@ -181,6 +181,8 @@ pub struct QueueSample {
     pub ready: u32,
     /// Consumers on the queue.
     pub consumers: u32,
+    /// Dropped to stay within the in-memory broker's bound (0 on RabbitMQ).
+    pub dropped: u64,
     /// When sampled (Unix ms).
     pub at_ms: i64,
 }
@@ -403,6 +405,7 @@ pub async fn sample_queues(p: &Pipeline) -> Result<(), PipelineError> {
             QueueSample {
                 ready: stats.ready,
                 consumers: stats.consumers,
+                dropped: stats.dropped,
                 at_ms: p.clock.now_ms(),
             },
         );

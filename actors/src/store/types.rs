@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::message::OutboundMessage;
 
 /// Where a message is in its life (`messages.status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageStatus {
     /// Claimed by a scheduler to be republished to the work queue (or republished and
@@ -64,7 +64,7 @@ impl fmt::Display for MessageStatus {
 }
 
 /// How one attempt ended (`attempts.outcome`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OutcomeKind {
     /// The provider accepted the message.
@@ -232,7 +232,7 @@ impl AttemptOutcome {
 /// A message as stored, with its attempt history ([`Store::get`]).
 ///
 /// [`Store::get`]: super::Store::get
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct MessageRecord {
     /// The idempotency key.
     pub id: Uuid,
@@ -284,7 +284,7 @@ impl MessageRecord {
 }
 
 /// One attempt (`attempts` row).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AttemptRecord {
     /// Sequence number among this message's attempts (1, 2, …), never reused. It differs
     /// from the `attempt` of [`Admission::Proceed`] once an attempt was deferred or the message was
