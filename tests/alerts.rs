@@ -2,52 +2,23 @@
 //! the simulated provider): a local webhook (axum on `127.0.0.1:0`) receives the alerts on a
 //! channel; every wait is a bounded `tokio::time::timeout` on that channel.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use axum::Json;
-use axum::extract::State;
-use axum::routing::post;
 use drover::Config;
 use serde_json::{Value, json};
+use support::webhook;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 const LIMIT: Duration = Duration::from_secs(30);
 const TOKEN: &str = "alerts-s3cret";
 
-/// A webhook on loopback: every alert POSTed to it comes out of the receiver.
-async fn webhook() -> (String, mpsc::UnboundedReceiver<Value>) {
-    let (tx, rx) = mpsc::unbounded_channel::<Value>();
-    let app = axum::Router::new()
-        .route(
-            "/alerts",
-            post(
-                |State(tx): State<mpsc::UnboundedSender<Value>>, Json(v): Json<Value>| async move {
-                    let _ = tx.send(v);
-                    "ok"
-                },
-            ),
-        )
-        .with_state(tx);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}/alerts"), rx)
-}
-
 /// Wait (bounded) for an alert of `kind`; others are skipped.
 async fn alert_of(rx: &mut mpsc::UnboundedReceiver<Value>, kind: &str) -> Value {
-    tokio::time::timeout(LIMIT, async {
-        loop {
-            let v = rx.recv().await.expect("webhook channel open");
-            if v["kind"] == kind {
-                return v;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no {kind} alert within {LIMIT:?}"))
+    support::alert_of(rx, kind, LIMIT).await
 }
 
 fn config(url: &str) -> (Config, PathBuf) {

@@ -4,11 +4,14 @@
 mod support;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use drover_actors::store::MessageStatus;
-use support::{TestEnv, count, recipient, wait_counts};
+use support::{
+    TcpProxy, TestEnv, TestPublisher, alert_of, count, recipient, socket_of, wait_counts, webhook,
+};
 use uuid::Uuid;
 
 fn drover() -> tokio::process::Command {
@@ -74,36 +77,10 @@ async fn sigterm_during_load_exits_0_and_loses_nothing() {
     // (about 0.4 s in). At 5-20 ms all 400 were sometimes sent before the signal landed.
     env.provider.set_latency(200, 400);
     env.config.startup.check = true;
-    let dir = std::env::temp_dir().join(format!("drover-lifecycle-{}", env.id));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config_file = dir.join("drover.toml");
-    std::fs::write(&config_file, toml::to_string(&env.config).unwrap()).unwrap();
-
-    // Its logs go to a file: a pipe nobody reads would fill up and block it.
-    let log = std::fs::File::create(dir.join("drover.log")).unwrap();
-    let mut child = drover()
-        .arg("--config")
-        .arg(&config_file)
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let (mut child, dir) = spawn_on(&env);
     let publisher = env.publisher().await;
     const N: usize = 400;
-    let mut ids = Vec::with_capacity(N);
-    for i in 0..N {
-        let id = Uuid::new_v4();
-        publisher
-            .publish_sms(
-                id,
-                &recipient(i),
-                &format!("load {i}"),
-                &format!("corr-{i}"),
-            )
-            .await;
-        ids.push(id);
-    }
+    let ids = publish_load(&publisher, N).await;
     let store = env.store().await;
     // Mid-load: some sent, not all.
     wait_counts(
@@ -198,7 +175,192 @@ async fn sigterm_during_load_exits_0_and_loses_nothing() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The binary on `env`'s configuration (written to a file), in a directory of its own. Its
+/// logs go to `drover.log` there: a pipe nobody reads would fill up and block it.
+fn spawn_on(env: &TestEnv) -> (tokio::process::Child, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("drover-lifecycle-{}", env.id));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_file = dir.join("drover.toml");
+    std::fs::write(&config_file, toml::to_string(&env.config).unwrap()).unwrap();
+    let log = std::fs::File::create(dir.join("drover.log")).unwrap();
+    let child = drover()
+        .arg("--config")
+        .arg(&config_file)
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    (child, dir)
+}
+
+/// Publish `n` messages to distinct recipients; their ids.
+async fn publish_load(publisher: &TestPublisher, n: usize) -> Vec<Uuid> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = Uuid::new_v4();
+        publisher
+            .publish_sms(
+                id,
+                &recipient(i),
+                &format!("load {i}"),
+                &format!("corr-{i}"),
+            )
+            .await;
+        ids.push(id);
+    }
+    ids
+}
+
 fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// A dependency that stays down past the root's intensity, on the real binary: drover raises
+/// `root_gave_up` (POSTed to the webhook) and exits 4, rather than limp. RabbitMQ is "down"
+/// for this process only: it reaches it through a loopback proxy that the test cuts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_down_past_the_roots_intensity_exits_4_with_root_gave_up() {
+    let mut env = TestEnv::new().await;
+    let proxy = TcpProxy::start(socket_of(&env.config.broker.url)).await;
+    env.config.broker.url = proxy.url_for(&env.config.broker.url);
+    env.config.broker.connect_timeout_ms = 1_000;
+    env.config.supervision.max_restarts = 2;
+    env.config.supervision.period_ms = 60_000;
+    env.config.supervision.backoff.min_ms = 20;
+    env.config.supervision.backoff.max_ms = 100;
+    let (hook, mut alerts) = webhook().await;
+    env.config.alerts.webhook_url = Some(hook);
+    env.config.alerts.retries = 1;
+    env.config.alerts.retry_base_ms = 50;
+    let (mut child, dir) = spawn_on(&env);
+
+    // Working first: a message goes through.
+    let publisher = env.publisher().await;
+    let id = Uuid::new_v4();
+    publisher
+        .publish_sms(id, &recipient(0), "before the outage", "corr-0")
+        .await;
+    let store = env.store().await;
+    wait_counts(
+        &store,
+        "the first message sent",
+        Duration::from_secs(60),
+        |c| count(c, MessageStatus::Sent) == 1,
+    )
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1), child.wait())
+            .await
+            .is_err(),
+        "drover runs"
+    );
+
+    proxy.cut().await;
+    let status = tokio::time::timeout(Duration::from_secs(90), child.wait())
+        .await
+        .expect("drover must give up while the broker stays down")
+        .unwrap();
+    let stderr = std::fs::read_to_string(dir.join("drover.log")).unwrap_or_default();
+    assert_eq!(
+        status.code(),
+        Some(4),
+        "exit code 4 = the root supervisor gave up; stderr tail:\n{}",
+        tail(&stderr)
+    );
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("drover: "), "one closing line: {last}");
+    let alert = alert_of(&mut alerts, "root_gave_up", Duration::from_secs(10)).await;
+    assert_eq!(alert["key"], "gave_up:root", "{alert}");
+    println!(
+        "broker down: exit 4 after {} proxied connections; {last}",
+        proxy.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    );
+    publisher.close().await;
+    env.cleanup().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGKILL of the binary mid-load, then a new instance: every message ends sent, none lost,
+/// and a message reaches the provider more than once only where an attempt was cut off by the
+/// kill (recorded `interrupted` or `ambiguous`), so never more than the deliveries in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_during_load_and_a_restart_lose_nothing() {
+    let env = TestEnv::new().await;
+    env.provider.set_latency(200, 400);
+    let prefetch = usize::from(env.config.broker.prefetch);
+    let (mut child, dir) = spawn_on(&env);
+    let publisher = env.publisher().await;
+    const N: usize = 400;
+    let ids = publish_load(&publisher, N).await;
+    let store = env.store().await;
+    wait_counts(
+        &store,
+        "a tenth of the load sent",
+        Duration::from_secs(60),
+        |c| count(c, MessageStatus::Sent) >= (N / 10) as i64,
+    )
+    .await;
+    child.start_kill().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("SIGKILL ends it")
+        .unwrap();
+    assert_eq!(status.code(), None, "killed by a signal");
+    let at_kill = store.counts_by_status().await.unwrap();
+    let sent_at_kill = count(&at_kill, MessageStatus::Sent);
+    let sending_at_kill = count(&at_kill, MessageStatus::Sending);
+    assert!(
+        sent_at_kill < N as i64,
+        "the kill came mid-load: {at_kill:?}"
+    );
+
+    let app = env.start().await;
+    wait_counts(
+        &store,
+        "every message sent",
+        Duration::from_secs(120),
+        |c| count(c, MessageStatus::Sent) == N as i64,
+    )
+    .await;
+    let calls: HashMap<String, usize> = env
+        .provider
+        .tally()
+        .into_iter()
+        .map(|(k, (calls, _))| (k, calls))
+        .collect();
+    let mut cut_off = 0usize;
+    let mut duplicates = 0usize;
+    for id in &ids {
+        let rec = store.get(*id).await.unwrap().expect("recorded");
+        assert_eq!(rec.status, MessageStatus::Sent, "{id}");
+        let n = calls.get(&id.to_string()).copied().unwrap_or(0);
+        assert!(n >= 1, "{id} never reached the provider");
+        let cut = rec
+            .history
+            .iter()
+            .filter(|a| matches!(a.error_class.as_deref(), Some("interrupted" | "ambiguous")))
+            .count();
+        assert!(
+            n - 1 <= cut,
+            "{id}: {n} provider calls with {cut} cut-off attempts: {:?}",
+            rec.history
+        );
+        duplicates += n - 1;
+        cut_off += cut;
+    }
+    println!(
+        "sigkill mid-load: {sent_at_kill}/{N} sent and {sending_at_kill} sending at the kill, \
+         {cut_off} attempts cut off, {duplicates} sent twice"
+    );
+    assert!(
+        duplicates <= prefetch,
+        "{duplicates} duplicates, more than the {prefetch} deliveries in flight"
+    );
+    app.shutdown().await.unwrap();
+    env.assert_work_queue_empty_after_shutdown().await;
+    publisher.close().await;
+    env.cleanup().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -169,6 +169,8 @@ pub enum Answer {
     Unavailable,
     /// 400 `{"code": code, ...}` (21211: invalid `To`).
     Reject(i64),
+    /// 401 `{"code": 20003, ...}`: the account's credentials refused.
+    Unauthorized,
 }
 
 /// A script for one message id or one recipient: the first `fail_first` calls for a message
@@ -196,6 +198,12 @@ impl Rule {
         Rule {
             fail_first: 0,
             then: Answer::Unavailable,
+        }
+    }
+    pub fn unauthorized() -> Rule {
+        Rule {
+            fail_first: 0,
+            then: Answer::Unauthorized,
         }
     }
     pub fn reject(code: i64) -> Rule {
@@ -406,6 +414,7 @@ async fn twilio_create_message(
             Answer::Accept => 201,
             Answer::Unavailable => 503,
             Answer::Reject(_) => 400,
+            Answer::Unauthorized => 401,
         };
         calls.push(Call {
             id: id.clone(),
@@ -473,6 +482,7 @@ async fn twilio_create_message(
             code,
             &format!("The 'To' number {to} is not a valid phone number."),
         ),
+        Answer::Unauthorized => twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate"),
     }
 }
 
@@ -700,6 +710,7 @@ impl TestEnv {
             prefetch: 32,
             connect_timeout_ms: 5_000,
             confirm_timeout_ms: 5_000,
+            ..BrokerConfig::default()
         };
         // Both services must answer (fail, never skip). The broker check declares the test's
         // topology on the default vhost: kept when the test uses it, deleted at once otherwise.
@@ -1067,4 +1078,142 @@ pub async fn rabbitmqctl_queue_counts(vhost: &str, queue: &str) -> (u64, u64) {
         .unwrap_or_else(|| panic!("queue {queue} not listed by rabbitmqctl: {out}"));
     let n = |k: &str| row[k].as_u64().unwrap_or_else(|| panic!("{k} in {row}"));
     (n("messages_ready"), n("messages_unacknowledged"))
+}
+
+// ---- a TCP proxy that can be cut ---------------------------------------------------------------
+
+/// A loopback TCP proxy in front of a dependency: [`TcpProxy::cut`] closes every connection
+/// through it and refuses new ones, and [`TcpProxy::restore`] listens again on the same port.
+/// A dependency "down" for one test only, with no side effect on anything else using it.
+#[derive(Debug)]
+pub struct TcpProxy {
+    pub addr: SocketAddr,
+    upstream: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Connections accepted so far.
+    pub accepted: Arc<AtomicU64>,
+}
+
+impl TcpProxy {
+    pub async fn start(upstream: SocketAddr) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, _) = tokio::sync::watch::channel(false);
+        let proxy = TcpProxy {
+            addr,
+            upstream,
+            stop,
+            task: Mutex::new(None),
+            accepted: Arc::new(AtomicU64::new(0)),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let upstream = self.upstream;
+        let mut stopped = self.stop.subscribe();
+        let accepted = self.accepted.clone();
+        let stop = self.stop.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = tokio::select! {
+                    r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+                    _ = stopped.wait_for(|s| *s) => return,
+                };
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let mut cut = stop.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.wait_for(|s| *s) => {}
+                    }
+                });
+            }
+        });
+        *self.task.lock().unwrap() = Some(task);
+    }
+
+    /// Close every connection through the proxy and stop listening.
+    pub async fn cut(&self) {
+        self.stop.send_replace(true);
+        let task = self.task.lock().unwrap().take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+    }
+
+    /// Listen again, on the same port.
+    pub async fn restore(&self) {
+        self.stop.send_replace(false);
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+
+    /// `url` with its host and port replaced by the proxy's.
+    pub fn url_for(&self, url: &str) -> String {
+        let mut u = url::Url::parse(url).expect("a URL");
+        u.set_host(Some("127.0.0.1")).unwrap();
+        u.set_port(Some(self.addr.port())).unwrap();
+        u.to_string()
+    }
+}
+
+/// The loopback address of a URL's host and port (`amqp://…@127.0.0.1:5672/…`).
+pub fn socket_of(url: &str) -> SocketAddr {
+    let u = url::Url::parse(url).expect("a URL");
+    let host = u.host_str().expect("a host");
+    let port = u.port_or_known_default().unwrap_or(5672);
+    format!("{host}:{port}")
+        .parse()
+        .expect("a loopback IP in the test URL")
+}
+
+// ---- an alert webhook --------------------------------------------------------------------------
+
+/// A webhook on loopback: every alert POSTed to it comes out of the receiver.
+pub async fn webhook() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+) {
+    use axum::Json;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    let app = Router::new()
+        .route(
+            "/alerts",
+            post(
+                |State(tx): State<tokio::sync::mpsc::UnboundedSender<serde_json::Value>>,
+                 Json(v): Json<serde_json::Value>| async move {
+                    let _ = tx.send(v);
+                    "ok"
+                },
+            ),
+        )
+        .with_state(tx);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/alerts"), rx)
+}
+
+/// Wait (at most `limit`) for an alert of `kind`; others are skipped.
+pub async fn alert_of(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    kind: &str,
+    limit: Duration,
+) -> serde_json::Value {
+    tokio::time::timeout(limit, async {
+        loop {
+            let v = rx.recv().await.expect("webhook channel open");
+            if v["kind"] == kind {
+                return v;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {kind} alert within {limit:?}"))
 }
