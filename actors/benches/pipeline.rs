@@ -23,11 +23,12 @@
 //!   per delivery (so at most `prefetch` in flight), parse with `message::parse`, `INSERT` a row
 //!   (autocommit), HTTP POST of the same Twilio form to the same kind of local provider,
 //!   `UPDATE` the row to `sent` (autocommit), ack. A sqlx pool of the same size as drover's.
-//! * **tasks** (opt-in, `DROVER_BENCH_PHASES=drover,plain,tasks`): the plain consumer's shape,
+//! * **tasks** (run by default): the plain consumer's shape,
 //!   but each task calls drover's own `Store::begin_attempt` / `Provider::send` /
 //!   `Store::record_outcome` on a store set up as the store worker sets it up (group commit
 //!   included): the same SQL and HTTP as drover without the actors, to split drover's cost
-//!   into "its SQL" and "its actors".
+//!   into "its SQL" and "its actors": the summary's drover/tasks ratio is the cost of
+//!   supervision, beside drover/plain.
 //! * **batched** (opt-in): no actors either; deliveries are grouped (up to
 //!   `DROVER_BENCH_BATCH`, default prefetch / 2, or what arrives within 1 ms) and each group
 //!   goes through drover's `Store::begin_attempts` (one transaction), concurrent
@@ -71,9 +72,9 @@
 //!
 //! Environment: `DROVER_BENCH_MESSAGES` (20000), `DROVER_BENCH_PREFETCH` (256, drover's
 //! default), `DROVER_BENCH_MAX_CONNECTIONS` (8, drover's default pool size, used by every
-//! phase), `DROVER_BENCH_PHASES` (`drover,plain`, in that order; also `tasks`, `batched`),
-//! `DROVER_BENCH_ROUNDS` (1: the phases are run this many times, interleaved, and the summary
-//! shows medians), `DROVER_BENCH_LOG` (`off`; `json` installs drover's production log format,
+//! phase), `DROVER_BENCH_PHASES` (`drover,plain,tasks`, in that order; also `batched`),
+//! `DROVER_BENCH_ROUNDS` (3: the phases are run this many times, interleaved, and the summary
+//! shows medians with per-round figures; a FAIL verdict exits 1), `DROVER_BENCH_LOG` (`off`; `json` installs drover's production log format,
 //! JSON lines at `info`, written to `/dev/null`), `DROVER_BENCH_GROUP_COMMIT` and
 //! `DROVER_BENCH_GROUP_IN_FLIGHT` (the store's `group_commit_max_batch` / `_in_flight`,
 //! defaults as drover's; `0` = no group commit), `DROVER_BENCH_BATCH`,
@@ -83,7 +84,7 @@
 
 #[path = "common/table.rs"]
 mod table;
-use table::{Row, print_table, row, verdict};
+use table::{Row, any_failed, print_table, row, verdict};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -238,7 +239,7 @@ impl Settings {
         if messages == 0 || messages > u32::MAX as usize {
             return Err("DROVER_BENCH_MESSAGES must be between 1 and 2^32 - 1".into());
         }
-        let phases = env_or("DROVER_BENCH_PHASES", "drover,plain".to_string())?
+        let phases = env_or("DROVER_BENCH_PHASES", "drover,plain,tasks".to_string())?
             .split(',')
             .map(|p| match p.trim() {
                 "drover" => Ok(Kind::Drover),
@@ -250,7 +251,7 @@ impl Settings {
                 )),
             })
             .collect::<BenchResult<Vec<Kind>>>()?;
-        let rounds: usize = env_or("DROVER_BENCH_ROUNDS", 1)?;
+        let rounds: usize = env_or("DROVER_BENCH_ROUNDS", 3)?;
         if rounds == 0 || rounds > 20 {
             return Err("DROVER_BENCH_ROUNDS must be between 1 and 20".into());
         }
@@ -2186,7 +2187,10 @@ fn main() {
     let failed = match outcome {
         Ok(rows) => {
             print_table(&rows);
-            false
+            if any_failed(&rows) {
+                println!("pipeline bench: FAIL (a target was missed; see the summary)");
+            }
+            any_failed(&rows)
         }
         Err(e) => {
             println!();

@@ -40,7 +40,7 @@ use drover_actors::{
     SupervisorSpec, Tree,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use table::{Row, print_table, row, verdict};
+use table::{Row, any_failed, print_table, row, verdict};
 use tokio::sync::{Notify, Semaphore, broadcast, mpsc};
 
 /// Every phase is aborted past this.
@@ -1081,4 +1081,8 @@ fn main() {
         .expect("benchmark driver panicked");
     print_table(&rows);
     rt.shutdown_timeout(Duration::from_secs(5));
+    if any_failed(&rows) {
+        println!("supervision bench: FAIL (a target was missed; see the summary)");
+        std::process::exit(1);
+    }
 }

@@ -26,6 +26,11 @@ pub fn row(
     }
 }
 
+/// Whether any row's verdict is FAIL: the bench then exits non-zero.
+pub fn any_failed(rows: &[Row]) -> bool {
+    rows.iter().any(|r| r.verdict == "FAIL")
+}
+
 pub fn print_table(rows: &[Row]) {
     let w0 = rows
         .iter()
