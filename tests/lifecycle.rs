@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use drover_actors::store::MessageStatus;
 use support::{
-    TcpProxy, TestEnv, TestPublisher, alert_of, count, recipient, socket_of, wait_counts, webhook,
+    LoadTally, TcpProxy, TestEnv, TestPublisher, alert_of, assert_all_sent_once_but_cut_off, count,
+    recipient, socket_of, wait_counts, wait_mid_load, webhook,
 };
 use uuid::Uuid;
 
@@ -83,13 +84,7 @@ async fn sigterm_during_load_exits_0_and_loses_nothing() {
     let ids = publish_load(&publisher, N).await;
     let store = env.store().await;
     // Mid-load: some sent, not all.
-    wait_counts(
-        &store,
-        "a tenth of the load sent",
-        Duration::from_secs(60),
-        |c| count(c, MessageStatus::Sent) >= (N / 10) as i64,
-    )
-    .await;
+    wait_mid_load(&store, N).await;
     let pid = child.id().expect("running").to_string();
     let kill = tokio::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -295,13 +290,7 @@ async fn sigkill_during_load_and_a_restart_lose_nothing() {
     const N: usize = 400;
     let ids = publish_load(&publisher, N).await;
     let store = env.store().await;
-    wait_counts(
-        &store,
-        "a tenth of the load sent",
-        Duration::from_secs(60),
-        |c| count(c, MessageStatus::Sent) >= (N / 10) as i64,
-    )
-    .await;
+    wait_mid_load(&store, N).await;
     child.start_kill().unwrap();
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
@@ -324,32 +313,10 @@ async fn sigkill_during_load_and_a_restart_lose_nothing() {
         |c| count(c, MessageStatus::Sent) == N as i64,
     )
     .await;
-    let calls: HashMap<String, usize> = env
-        .provider
-        .tally()
-        .into_iter()
-        .map(|(k, (calls, _))| (k, calls))
-        .collect();
-    let mut cut_off = 0usize;
-    let mut duplicates = 0usize;
-    for id in &ids {
-        let rec = store.get(*id).await.unwrap().expect("recorded");
-        assert_eq!(rec.status, MessageStatus::Sent, "{id}");
-        let n = calls.get(&id.to_string()).copied().unwrap_or(0);
-        assert!(n >= 1, "{id} never reached the provider");
-        let cut = rec
-            .history
-            .iter()
-            .filter(|a| matches!(a.error_class.as_deref(), Some("interrupted" | "ambiguous")))
-            .count();
-        assert!(
-            n - 1 <= cut,
-            "{id}: {n} provider calls with {cut} cut-off attempts: {:?}",
-            rec.history
-        );
-        duplicates += n - 1;
-        cut_off += cut;
-    }
+    let LoadTally {
+        duplicates,
+        cut_off,
+    } = assert_all_sent_once_but_cut_off(&store, &env.provider, &ids).await;
     println!(
         "sigkill mid-load: {sent_at_kill}/{N} sent and {sending_at_kill} sending at the kill, \
          {cut_off} attempts cut off, {duplicates} sent twice"
