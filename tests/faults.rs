@@ -108,6 +108,29 @@ async fn wait_progress(store: &Store, n: i64, total: usize) -> i64 {
     done
 }
 
+/// Right after a fault ended: the load was not over yet (the fault overlapped messages in
+/// flight, not an idle pipeline), and it goes on: at least `step` more messages (or the rest)
+/// become terminal after it. Returns (done at the fault's end, done after the step).
+async fn assert_flowing_after(store: &Store, what: &str, total: usize, step: i64) -> (i64, i64) {
+    // The store may itself be coming back (a PostgreSQL restart): the first answer counts.
+    let c = wait_counts(store, "the store to answer", LOAD_LIMIT, |_| true).await;
+    let done = terminal(&c);
+    assert!(
+        done < total as i64,
+        "the load was over when {what} ended ({done} of {total} done): it hit an idle pipeline"
+    );
+    let goal = (done + step).min(total as i64);
+    let c = wait_counts(store, &format!("progress after {what}"), LOAD_LIMIT, |c| {
+        terminal(c) >= goal
+    })
+    .await;
+    println!(
+        "[{what}] {done}/{total} done when it ended, {} after",
+        terminal(&c)
+    );
+    (done, terminal(&c))
+}
+
 /// What the invariant check found.
 #[derive(Debug, Default)]
 struct Report {
@@ -355,6 +378,7 @@ async fn broker_closes_every_connection_mid_load() {
         "[broker close] closed every connection of {} at {at}/{total} done",
         env.vhost
     );
+    assert_flowing_after(&store, "broker close", total, 100).await;
 
     let (_, exits) = finish("broker close", env, app, store, ids, started, events).await;
     assert!(
@@ -371,7 +395,9 @@ async fn postgres_restarts_mid_load() {
     let app = env.start().await;
     let store = env.store().await;
     let events = app.tree.subscribe();
-    let total = 1_000;
+    // The restart takes seconds, and the load goes on through much of it: enough load that
+    // it is still flowing when the restart ends.
+    let total = 3_000;
     let started = Instant::now();
     let ids = publish_load(&env, total).await;
 
@@ -388,6 +414,7 @@ async fn postgres_restarts_mid_load() {
         before,
         "PostgreSQL really restarted"
     );
+    assert_flowing_after(&store, "postgres restart", total, 100).await;
 
     finish("postgres restart", env, app, store, ids, started, events).await;
 }
@@ -507,6 +534,7 @@ async fn store_actor_killed_mid_load_without_a_busy_loop() {
         .expect("the store actor is up")
         .kill();
     println!("[store kill] killed root/store at {at}/{total} done");
+    assert_flowing_after(&store, "store kill", total, 50).await;
 
     let (_, exits) = finish("store kill", env, app, store, ids, started, events).await;
     assert!(exits.contains_key("root/store"), "{exits:?}");
