@@ -108,29 +108,6 @@ async fn wait_progress(store: &Store, n: i64, total: usize) -> i64 {
     done
 }
 
-/// Right after a fault ended: the load was not over yet (the fault overlapped messages in
-/// flight, not an idle pipeline), and it goes on: at least `step` more messages (or the rest)
-/// become terminal after it. Returns (done at the fault's end, done after the step).
-async fn assert_flowing_after(store: &Store, what: &str, total: usize, step: i64) -> (i64, i64) {
-    // The store may itself be coming back (a PostgreSQL restart): the first answer counts.
-    let c = wait_counts(store, "the store to answer", LOAD_LIMIT, |_| true).await;
-    let done = terminal(&c);
-    assert!(
-        done < total as i64,
-        "the load was over when {what} ended ({done} of {total} done): it hit an idle pipeline"
-    );
-    let goal = (done + step).min(total as i64);
-    let c = wait_counts(store, &format!("progress after {what}"), LOAD_LIMIT, |c| {
-        terminal(c) >= goal
-    })
-    .await;
-    println!(
-        "[{what}] {done}/{total} done when it ended, {} after",
-        terminal(&c)
-    );
-    (done, terminal(&c))
-}
-
 /// What the invariant check found.
 #[derive(Debug, Default)]
 struct Report {
@@ -378,7 +355,7 @@ async fn broker_closes_every_connection_mid_load() {
         "[broker close] closed every connection of {} at {at}/{total} done",
         env.vhost
     );
-    assert_flowing_after(&store, "broker close", total, 100).await;
+    support::assert_flowing_after(&store, "broker close", total, 100, LOAD_LIMIT).await;
 
     let (_, exits) = finish("broker close", env, app, store, ids, started, events).await;
     assert!(
@@ -414,7 +391,7 @@ async fn postgres_restarts_mid_load() {
         before,
         "PostgreSQL really restarted"
     );
-    assert_flowing_after(&store, "postgres restart", total, 100).await;
+    support::assert_flowing_after(&store, "postgres restart", total, 100, LOAD_LIMIT).await;
 
     finish("postgres restart", env, app, store, ids, started, events).await;
 }
@@ -534,7 +511,7 @@ async fn store_actor_killed_mid_load_without_a_busy_loop() {
         .expect("the store actor is up")
         .kill();
     println!("[store kill] killed root/store at {at}/{total} done");
-    assert_flowing_after(&store, "store kill", total, 50).await;
+    support::assert_flowing_after(&store, "store kill", total, 50, LOAD_LIMIT).await;
 
     let (_, exits) = finish("store kill", env, app, store, ids, started, events).await;
     assert!(exits.contains_key("root/store"), "{exits:?}");

@@ -4,31 +4,17 @@
 mod support;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use drover_actors::store::MessageStatus;
 use support::{
     LoadTally, TcpProxy, TestEnv, TestPublisher, alert_of, assert_all_sent_once_but_cut_off, count,
-    recipient, socket_of, wait_counts, wait_mid_load, webhook,
+    recipient, socket_of, spawn_binary, wait_counts, wait_mid_load, webhook,
 };
 use uuid::Uuid;
 
 fn drover() -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_drover"));
-    // Only what the test sets: nothing from the caller's DROVER_* environment.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("DROVER_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("DROVER_LOG__FORMAT", "json")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
+    support::drover_binary()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,7 +64,7 @@ async fn sigterm_during_load_exits_0_and_loses_nothing() {
     // (about 0.4 s in). At 5-20 ms all 400 were sometimes sent before the signal landed.
     env.provider.set_latency(200, 400);
     env.config.startup.check = true;
-    let (mut child, dir) = spawn_on(&env);
+    let (mut child, dir) = spawn_binary(&env);
     let publisher = env.publisher().await;
     const N: usize = 400;
     let ids = publish_load(&publisher, N).await;
@@ -170,25 +156,6 @@ async fn sigterm_during_load_exits_0_and_loses_nothing() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The binary on `env`'s configuration (written to a file), in a directory of its own. Its
-/// logs go to `drover.log` there: a pipe nobody reads would fill up and block it.
-fn spawn_on(env: &TestEnv) -> (tokio::process::Child, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("drover-lifecycle-{}", env.id));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config_file = dir.join("drover.toml");
-    std::fs::write(&config_file, toml::to_string(&env.config).unwrap()).unwrap();
-    let log = std::fs::File::create(dir.join("drover.log")).unwrap();
-    let child = drover()
-        .arg("--config")
-        .arg(&config_file)
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    (child, dir)
-}
-
 /// Publish `n` messages to distinct recipients; their ids.
 async fn publish_load(publisher: &TestPublisher, n: usize) -> Vec<Uuid> {
     let mut ids = Vec::with_capacity(n);
@@ -208,8 +175,7 @@ async fn publish_load(publisher: &TestPublisher, n: usize) -> Vec<Uuid> {
 }
 
 fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(15)..].join("\n")
+    support::tail(s, 15)
 }
 
 /// A dependency that stays down past the root's intensity, on the real binary: drover raises
@@ -229,7 +195,7 @@ async fn a_broker_down_past_the_roots_intensity_exits_4_with_root_gave_up() {
     env.config.alerts.webhook_url = Some(hook);
     env.config.alerts.retries = 1;
     env.config.alerts.retry_base_ms = 50;
-    let (mut child, dir) = spawn_on(&env);
+    let (mut child, dir) = spawn_binary(&env);
 
     // Working first: a message goes through.
     let publisher = env.publisher().await;
@@ -285,7 +251,7 @@ async fn sigkill_during_load_and_a_restart_lose_nothing() {
     let env = TestEnv::new().await;
     env.provider.set_latency(200, 400);
     let prefetch = usize::from(env.config.broker.prefetch);
-    let (mut child, dir) = spawn_on(&env);
+    let (mut child, dir) = spawn_binary(&env);
     let publisher = env.publisher().await;
     const N: usize = 400;
     let ids = publish_load(&publisher, N).await;

@@ -171,6 +171,19 @@ pub enum Answer {
     Reject(i64),
     /// 401 `{"code": 20003, ...}`: the account's credentials refused.
     Unauthorized,
+    /// 429 `{"code": 20429, ...}`: too many requests.
+    TooMany,
+}
+
+/// Seeded faults on calls that would be accepted: per call, 503 with `p_unavailable`, 429 with
+/// `p_too_many`, and with `p_slow` an acceptance only after `slow_ms` (past the client's
+/// timeout: the provider took it, the client cannot know). Percentages of 10,000.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    pub p_unavailable: u64,
+    pub p_too_many: u64,
+    pub p_slow: u64,
+    pub slow_ms: u64,
 }
 
 /// A script for one message id or one recipient: the first `fail_first` calls for a message
@@ -245,11 +258,22 @@ struct MockState {
     default_rule: Mutex<Option<Rule>>,
     /// Simulated latency range, ms.
     latency: Mutex<(u64, u64)>,
+    faults: Mutex<Faults>,
     sid_counter: AtomicU64,
     rng: AtomicU64,
 }
 
 impl MockState {
+    /// xorshift: a different draw per call, no shared RNG crate needed.
+    fn next_random(&self) -> u64 {
+        let mut x = self.rng.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.store(x, Ordering::Relaxed);
+        x
+    }
+
     fn rule_for(&self, id: &str, to: &str) -> Rule {
         if let Some(r) = lock(&self.by_id).get(id) {
             return *r;
@@ -303,6 +327,17 @@ impl MockProvider {
 
     pub fn set_default(&self, rule: Rule) {
         *lock(&self.state.default_rule) = Some(rule);
+    }
+
+    /// Seed the mock's generator (latencies and faults), for a reproducible run.
+    pub fn seed(&self, seed: u64) {
+        self.state.rng.store(seed.max(1), Ordering::Relaxed);
+    }
+
+    /// Inject `faults` into calls that would be accepted (drawn from the mock's seeded
+    /// generator).
+    pub fn set_faults(&self, faults: Faults) {
+        *lock(&self.state.faults) = faults;
     }
 
     /// Answer each call after a random delay in `min_ms..=max_ms` (simulated provider latency).
@@ -410,11 +445,29 @@ async fn twilio_create_message(
         } else {
             rule.then
         };
+        let faults = *lock(&state.faults);
+        let mut slow = false;
+        let answer = if answer == Answer::Accept
+            && faults.p_unavailable + faults.p_too_many + faults.p_slow > 0
+        {
+            let draw = state.next_random() % 10_000;
+            if draw < faults.p_unavailable {
+                Answer::Unavailable
+            } else if draw < faults.p_unavailable + faults.p_too_many {
+                Answer::TooMany
+            } else {
+                slow = draw < faults.p_unavailable + faults.p_too_many + faults.p_slow;
+                Answer::Accept
+            }
+        } else {
+            answer
+        };
         let status = match answer {
             Answer::Accept => 201,
             Answer::Unavailable => 503,
             Answer::Reject(_) => 400,
             Answer::Unauthorized => 401,
+            Answer::TooMany => 429,
         };
         calls.push(Call {
             id: id.clone(),
@@ -427,16 +480,12 @@ async fn twilio_create_message(
             status,
         });
         let (lo, hi) = *lock(&state.latency);
-        let latency = if hi == 0 {
+        let latency = if slow {
+            faults.slow_ms
+        } else if hi == 0 {
             0
         } else {
-            // xorshift: a different delay per call, no shared RNG crate needed.
-            let mut x = state.rng.load(Ordering::Relaxed);
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            state.rng.store(x, Ordering::Relaxed);
-            lo + x % (hi - lo + 1)
+            lo + state.next_random() % (hi - lo + 1)
         };
         (answer, latency)
     };
@@ -483,6 +532,7 @@ async fn twilio_create_message(
             &format!("The 'To' number {to} is not a valid phone number."),
         ),
         Answer::Unauthorized => twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate"),
+        Answer::TooMany => twilio_error(StatusCode::TOO_MANY_REQUESTS, 20429, "Too Many Requests"),
     }
 }
 
@@ -1079,6 +1129,36 @@ pub const LIST_QUEUE_COUNTS: [&str; 5] = [
     "json",
 ];
 
+/// Right after a fault ended: the load of `total` was not over yet (the fault overlapped
+/// messages in flight, not an idle pipeline), and it goes on: at least `step` more messages
+/// (or the rest) become terminal after it, within `limit`. Returns (done at the fault's end,
+/// done after the step).
+pub async fn assert_flowing_after(
+    store: &Store,
+    what: &str,
+    total: usize,
+    step: i64,
+    limit: Duration,
+) -> (i64, i64) {
+    // The store may itself be coming back (a PostgreSQL restart): the first answer counts.
+    let c = wait_counts(store, "the store to answer", limit, |_| true).await;
+    let done = terminal(&c);
+    assert!(
+        done < total as i64,
+        "the load was over when {what} ended ({done} of {total} done): it hit an idle pipeline"
+    );
+    let goal = (done + step).min(total as i64);
+    let c = wait_counts(store, &format!("progress after {what}"), limit, |c| {
+        terminal(c) >= goal
+    })
+    .await;
+    println!(
+        "[{what}] {done}/{total} done when it ended, {} after",
+        terminal(&c)
+    );
+    (done, terminal(&c))
+}
+
 /// Wait (at most 60 s) until a tenth of a load of `n` is sent: the load is flowing, and most
 /// of it is still to come.
 pub async fn wait_mid_load(store: &Store, n: usize) {
@@ -1150,6 +1230,50 @@ pub async fn rabbitmqctl_queue_counts(vhost: &str, queue: &str) -> (u64, u64) {
     )
     .await;
     parse_queue_counts(&out, queue)
+}
+
+// ---- the binary ---------------------------------------------------------------------------------
+
+/// The drover binary with only what the test sets: nothing from the caller's `DROVER_*`
+/// environment; JSON logs.
+pub fn drover_binary() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_drover"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("DROVER_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("DROVER_LOG__FORMAT", "json")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// The binary on `env`'s configuration (written to a file), in a directory of its own. Its
+/// logs go to `drover.log` there: a pipe nobody reads would fill up and block it.
+pub fn spawn_binary(env: &TestEnv) -> (tokio::process::Child, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("drover-binary-{}", env.id));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_file = dir.join("drover.toml");
+    std::fs::write(&config_file, toml::to_string(&env.config).unwrap()).unwrap();
+    let log = std::fs::File::create(dir.join("drover.log")).unwrap();
+    let child = drover_binary()
+        .arg("--config")
+        .arg(&config_file)
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    (child, dir)
+}
+
+/// The last `n` lines of `s`.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 // ---- a TCP proxy that can be cut ---------------------------------------------------------------
