@@ -259,7 +259,13 @@ async fn root_giving_up_makes_run_fail_with_exit_code_4() {
     let r = router(app.tree.clone(), test_config("t", true).admin, None);
     // demo (one restart allowed: none) gives up, root restarts it: more than 0 -> root gives up.
     call(&r, "POST", "/actors/root/demo/ticker/kill", Some("t")).await;
-    let err = app.serve_until(std::future::pending()).await.unwrap_err();
+    let err = tokio::time::timeout(
+        Duration::from_secs(600),
+        app.serve_until(std::future::pending()),
+    )
+    .await
+    .expect("the root gives up (bounded)")
+    .unwrap_err();
     assert_eq!(err.exit_code(), drover::exit::EXIT_ROOT_GAVE_UP, "{err}");
     assert!(err.to_string().contains("intensity"), "{err}");
 }

@@ -561,14 +561,17 @@ async fn pause_leaves_messages_in_the_queue_and_resume_delivers_them() {
     let a = m.call("POST", "/consumption/pause", Some(TOKEN)).await;
     assert_eq!(a.body["was_paused"], true);
 
+    let consumed = m.app.pipeline.ops.consumed();
     let id = m.send(&recipient(20)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let s = consumers().await;
-    assert_eq!(
-        (s.ready, s.consumers),
-        (1, 0),
-        "the message waits in the queue"
-    );
+    // No consumer on the queue (the broker's own count), so nothing can take it; that it was
+    // not taken before the resume is checked by its record's creation time below.
+    wait_for("the message waiting in the queue", LIMIT, || async {
+        match consumers().await {
+            s if (s.ready, s.consumers) == (1, 0) => Ok(()),
+            s => Err(format!("{s:?}")),
+        }
+    })
+    .await;
     let a = m.call("GET", &format!("/messages/{id}"), None).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND, "not taken: {}", a.text);
     let a = m.call("GET", "/readyz", None).await;
@@ -591,13 +594,28 @@ async fn pause_leaves_messages_in_the_queue_and_resume_delivers_them() {
         }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(consumers().await.consumers, 0);
+    assert!(m.app.pipeline.ops.consumption_paused());
+    let s = consumers().await;
+    assert_eq!(
+        (s.ready, s.consumers),
+        (1, 0),
+        "still waiting, nobody consuming"
+    );
+    assert_eq!(
+        m.app.pipeline.ops.consumed(),
+        consumed,
+        "nothing taken while paused"
+    );
 
+    let resumed_at = m.app.pipeline.clock.now_ms();
     let a = m.call("POST", "/consumption/resume", Some(TOKEN)).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(a.body, json!({ "paused": false, "was_paused": true }));
-    m.wait_status(id, "sent").await;
+    let rec = m.wait_status(id, "sent").await;
+    assert!(
+        rec["created_at"].as_i64().unwrap() >= resumed_at,
+        "taken only after the resume: {rec}"
+    );
     assert_eq!(consumers().await.consumers, 1);
     let a = m.call("POST", "/consumption/resume", Some(TOKEN)).await;
     assert_eq!(a.body["was_paused"], false);
@@ -636,28 +654,38 @@ async fn ops_against_rabbitmq_and_postgres() {
     let to = recipient(30);
     env.provider.set_for_recipient(&to, Rule::reject(21211));
     publisher.publish_sms(refused, &to, "hi", "ops-1").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let s = monitor.queue_stats(&work).await.unwrap();
-    assert_eq!((s.ready, s.consumers), (1, 0));
+    wait_for("the message waiting in the queue", LIMIT, || async {
+        match monitor.queue_stats(&work).await {
+            Ok(s) if (s.ready, s.consumers) == (1, 0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
     let a = call(&r, "GET", &format!("/messages/{refused}"), None, "").await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
 
-    // Resume: it is taken, and refused permanently by the provider.
+    // Resume: it is taken (only now: see its creation time), and refused permanently by the
+    // provider.
+    let resumed_at = app.pipeline.clock.now_ms();
     let a = call(&r, "POST", "/consumption/resume", Some(TOKEN), "").await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     let get = |id: Uuid| {
         let r = r.clone();
         async move { call(&r, "GET", &format!("/messages/{id}"), None, "").await }
     };
-    wait_for("the message to fail", LIMIT, || async {
+    let failed = wait_for("the message to fail", LIMIT, || async {
         let a = get(refused).await;
         if a.body["status"] == "failed" {
-            Ok(())
+            Ok(a.body)
         } else {
             Err(a.text)
         }
     })
     .await;
+    assert!(
+        failed["created_at"].as_i64().unwrap() >= resumed_at,
+        "taken only after the resume: {failed}"
+    );
 
     // The failed queue holds it: a dry run says so without consuming it.
     let failed_queue = env.config.broker.failed_queue.clone();
@@ -693,10 +721,48 @@ async fn ops_against_rabbitmq_and_postgres() {
     })
     .await;
 
+    // Re-drive: the failed queue's copy of a message since sent is taken and dropped, never
+    // sent again (re-drive goes by the stored record, not by the copy).
     let a = call(&r, "POST", "/failed/redrive", Some(TOKEN), "").await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
     let a = call(&r, "POST", "/failed/redrive", Some(TOKEN), "").await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.text);
+    wait_for(
+        "the failed queue drained by the re-drive",
+        LIMIT,
+        || async {
+            match monitor.queue_stats(&failed_queue).await {
+                Ok(s) if s.ready == 0 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let finished = wait_for("the re-drive finished", LIMIT, || async {
+        let a = call(&r, "POST", "/failed/redrive?dry_run=true", Some(TOKEN), "").await;
+        if a.body["redrive"]["last_finished_at_ms"].is_i64() {
+            Ok(a.body)
+        } else {
+            Err(a.text)
+        }
+    })
+    .await;
+    assert_eq!(
+        finished["redrive"]["last_redriven"], 0,
+        "nothing put back into play: {finished}"
+    );
+    let accepted = env
+        .provider
+        .calls_for(refused)
+        .iter()
+        .filter(|c| c.status == 201)
+        .count();
+    assert_eq!(
+        accepted, 1,
+        "sent once, by the retry; the re-drive sent nothing"
+    );
+    let work_stats = monitor.queue_stats(&work).await.unwrap();
+    assert_eq!(work_stats.ready, 0, "nothing republished to the work queue");
 
     let a = call(&r, "GET", "/metrics", None, "").await;
     let s = scrape(&a.text);

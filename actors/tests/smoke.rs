@@ -61,13 +61,18 @@ async fn smoke() {
     let a = tree.handle("root/a");
     let r: ActorRef<&'static str> = a.actor_ref().unwrap();
     r.send_message("panic").unwrap();
-    loop {
-        let e = ev.recv().await.unwrap();
-        println!("{e:?}");
-        if e.path == "root/a" && e.kind == EventKind::Started && e.generation == 2 {
-            break;
+    // Bounded (the paused clock advances to the limit if the event never comes).
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let e = ev.recv().await.unwrap();
+            println!("{e:?}");
+            if e.path == "root/a" && e.kind == EventKind::Started && e.generation == 2 {
+                break;
+            }
         }
-    }
+    })
+    .await
+    .expect("root/a restarted within 60 s");
     let s = tree.snapshot();
     println!("{}", serde_json::to_string_pretty(&s).unwrap());
     assert_eq!(s.find("root/a").unwrap().restarts, 1);
