@@ -1,6 +1,7 @@
 //! Chaos on the real binary, against RabbitMQ (a vhost of the test's own) and PostgreSQL:
 //! 3,000 messages while an actor is killed every 100 ms through `POST /actors/{path}/kill`
-//! (mostly delivery workers, every tenth a supervised actor), every broker connection of the
+//! (mostly delivery workers, every twentieth a supervised actor: each of the five about every
+//! 10 s), every broker connection of the
 //! vhost is closed once (early), PostgreSQL restarts once (at about a third), and the provider answers 503 to 8 % of the
 //! calls, 429 to 6 %, and 2 % only after the client's timeout. Each infrastructure fault is
 //! asserted to end while messages still flow, with progress measured after it.
@@ -80,6 +81,9 @@ async fn the_binary_under_chaos_loses_nothing_and_stays_up() {
     // A supervised actor killed every second for minutes is far beyond the default intensity
     // (10 restarts a minute): this run tests healing, not giving up.
     env.config.supervision.max_restarts = 500;
+    // Killed every few seconds, an actor never stays up long enough to reset its backoff:
+    // capped at 1 s, each kill costs at most about a second of that actor.
+    env.config.supervision.backoff.max_ms = 1_000;
     env.config.delivery.max_attempts = 10;
     env.provider.seed(seed);
     // About 300 messages a second at the test's prefetch of 32: the load outlasts the faults.
@@ -144,7 +148,7 @@ async fn the_binary_under_chaos_loses_nothing_and_stays_up() {
                     _ = stopped.wait_for(|s| *s) => break,
                 }
                 n += 1;
-                let path = if n.is_multiple_of(10) {
+                let path = if n.is_multiple_of(20) {
                     SUPERVISED[(rng.next_u64() % SUPERVISED.len() as u64) as usize].to_owned()
                 } else {
                     let Ok(r) = http.get(format!("{base}/status")).send().await else {
