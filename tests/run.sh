@@ -72,7 +72,11 @@ cargo fmt --all --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
-cargo test --workspace --locked
+# The chaos test runs on its own afterwards, uncaptured, so that its figures (kills, faults,
+# duplicates, time) are in the log of every run.
+cargo test --workspace --locked -- --skip the_binary_under_chaos_loses_nothing_and_stays_up
+log "the chaos test of the binary"
+cargo test --locked --test chaos -- --nocapture
 log "schemathesis against the running binary"
 bash tests/schemathesis.sh
 log "all green"
