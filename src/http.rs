@@ -26,6 +26,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -75,6 +76,8 @@ struct AppState {
     access: Access,
     pipeline: Option<Pipeline>,
     metrics: Metrics,
+    /// The rendered OpenAPI description served at `/openapi.json` ([`crate::openapi::json`]).
+    openapi: Option<Arc<str>>,
 }
 
 /// The router over a live tree (and its pipeline, for the message and admin routes), with a
@@ -83,16 +86,17 @@ struct AppState {
 /// With `admin` and the default `[api]`, as a loopback listener (protected mode).
 pub fn router(tree: Tree, admin: AdminConfig, pipeline: Option<Pipeline>) -> Router {
     let access = Access::new(admin, crate::access::ApiConfig::default(), true);
-    router_with_metrics(tree, access, pipeline, Metrics::new())
+    router_with_metrics(tree, access, pipeline, Metrics::new(), None)
 }
 
 /// The router, rendering `/metrics` from `metrics` (the recorder the pipeline's counters are
-/// bound to).
+/// bound to) and serving `openapi` at `/openapi.json`.
 pub fn router_with_metrics(
     tree: Tree,
     access: Access,
     pipeline: Option<Pipeline>,
     metrics: Metrics,
+    openapi: Option<Arc<str>>,
 ) -> Router {
     // The payload cap applies before the body is read whole (`message.max_payload_bytes`).
     let max_payload = pipeline
@@ -121,6 +125,7 @@ pub fn router_with_metrics(
             access,
             pipeline,
             metrics,
+            openapi,
         })
 }
 
@@ -180,20 +185,20 @@ fn intake_id(headers: &HeaderMap) -> Result<(Uuid, bool), &'static str> {
 /// same `Idempotency-Key` or body `id` again) is not published again: 200 with its state if
 /// the payload is the same, 422 if it is not.
 #[utoipa::path(post, path = "/messages", tag = "messages",
-    request_body(content = crate::openapi::SubmitMessage, content_type = "application/json"),
+    request_body(content = crate::responses::SubmitMessage, content_type = "application/json"),
     params(("Idempotency-Key" = Option<String>, Header,
         description = "1 to 255 visible ASCII characters: the same key and payload give the same message (no second send); the same key with another payload is refused (422)")),
     responses(
-        (status = 202, description = "Published to the work queue (confirmed)", body = crate::openapi::Accepted),
-        (status = 200, description = "A message with this id exists with the same payload; not sent again", body = crate::openapi::Duplicate),
-        (status = 400, description = "A malformed Idempotency-Key", body = crate::openapi::ErrorBody),
-        (status = 401, description = "A wrong token, or none while api.token is set", body = crate::openapi::ErrorBody),
-        (status = 413, description = "Over message.max_payload_bytes", body = crate::openapi::ErrorBody),
-        (status = 415, description = "Not Content-Type: application/json", body = crate::openapi::ErrorBody),
-        (status = 422, description = "Invalid under the message contract, or an Idempotency-Key reused with another payload", body = crate::openapi::ErrorBody),
-        (status = 429, description = "Over api.max_per_second", body = crate::openapi::ErrorBody,
+        (status = 202, description = "Published to the work queue (confirmed)", body = crate::responses::Accepted),
+        (status = 200, description = "A message with this id exists with the same payload; not sent again", body = crate::responses::Duplicate),
+        (status = 400, description = "A malformed Idempotency-Key", body = crate::responses::ErrorBody),
+        (status = 401, description = "A wrong token, or none while api.token is set", body = crate::responses::ErrorBody),
+        (status = 413, description = "Over message.max_payload_bytes", body = crate::responses::ErrorBody),
+        (status = 415, description = "Not Content-Type: application/json", body = crate::responses::ErrorBody),
+        (status = 422, description = "Invalid under the message contract, or an Idempotency-Key reused with another payload", body = crate::responses::ErrorBody),
+        (status = 429, description = "Over api.max_per_second", body = crate::responses::ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "The broker or the store did not take it", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The broker or the store did not take it", body = crate::responses::ErrorBody),
     ),
     security((), ("api_token" = []), ("admin_token" = [])))]
 async fn accept_message(
@@ -258,14 +263,13 @@ async fn accept_message(
         .await;
         match known {
             Ok(Ok(Some(rec))) if rec.message().is_some_and(|m| m.same_payload(&msg)) => {
-                return (
-                    StatusCode::OK,
-                    axum::Json(json!({
-                        "id": rec.id, "correlation_id": rec.correlation_id, "status": rec.status,
-                        "duplicate": true,
-                    })),
-                )
-                    .into_response();
+                let duplicate = crate::responses::Duplicate {
+                    id: rec.id,
+                    correlation_id: rec.correlation_id,
+                    status: rec.status,
+                    duplicate: true,
+                };
+                return (StatusCode::OK, axum::Json(duplicate)).into_response();
             }
             Ok(Ok(Some(_))) => {
                 return refusal(
@@ -288,7 +292,10 @@ async fn accept_message(
     match publish(&p, Route::Work, out).await {
         Ok(()) => (
             StatusCode::ACCEPTED,
-            axum::Json(json!({ "id": msg.id, "correlation_id": msg.correlation_id })),
+            axum::Json(crate::responses::Accepted {
+                id: msg.id,
+                correlation_id: msg.correlation_id,
+            }),
         )
             .into_response(),
         Err(e) => error(
@@ -308,7 +315,7 @@ struct StatusQuery {
     responses(
         (status = 200, description = "The live supervision tree (JSON, or indented text with ?format=text)", 
             content((Object = "application/json"), (String = "text/plain"))),
-        (status = 400, description = "An unknown format", body = crate::openapi::ErrorBody),
+        (status = 400, description = "An unknown format", body = crate::responses::ErrorBody),
     ))]
 async fn status(
     State(app): State<AppState>,
@@ -375,11 +382,11 @@ fn authorize_destructive(
 #[utoipa::path(post, path = "/actors/{path}/kill", tag = "admin",
     params(("path" = String, Path, description = "The actor's path in the tree, e.g. `root/broker/consumer`")),
     responses(
-        (status = 202, description = "Killed; its supervisor handles the exit", body = crate::openapi::Killed),
-        (status = 401, description = "Not the admin token", body = crate::openapi::ErrorBody),
-        (status = 403, description = "admin.allow_destructive_actions is off", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such actor or action", body = crate::openapi::ErrorBody),
-        (status = 409, description = "The actor is not running", body = crate::openapi::ErrorBody),
+        (status = 202, description = "Killed; its supervisor handles the exit", body = crate::responses::Killed),
+        (status = 401, description = "Not the admin token", body = crate::responses::ErrorBody),
+        (status = 403, description = "admin.allow_destructive_actions is off", body = crate::responses::ErrorBody),
+        (status = 404, description = "No such actor or action", body = crate::responses::ErrorBody),
+        (status = 409, description = "The actor is not running", body = crate::responses::ErrorBody),
     ),
     security(("admin_token" = [])))]
 async fn actor_action(
@@ -596,12 +603,18 @@ async fn readyz(State(app): State<AppState>) -> Response {
 /// `GET /openapi.json`: this API's OpenAPI description ([`crate::openapi`]).
 #[utoipa::path(get, path = "/openapi.json", tag = "probes",
     responses((status = 200, description = "This description", body = Object)))]
-async fn openapi_json() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        crate::openapi::json(),
-    )
-        .into_response()
+async fn openapi_json(State(app): State<AppState>) -> Response {
+    match app.openapi {
+        Some(doc) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            doc.to_string(),
+        )
+            .into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "this router was built without an API description",
+        ),
+    }
 }
 
 /// `GET /metrics`: Prometheus text format, from cached state.
@@ -658,11 +671,11 @@ struct RevealQuery {
         ("reveal" = Option<bool>, Query, description = "Show body and recipient unmasked (admin token only)")),
     responses(
         (status = 200, description = "Its state and attempt history; body and recipient masked unless revealed", body = drover_actors::store::MessageRecord),
-        (status = 400, description = "Not a UUID, or a bad query", body = crate::openapi::ErrorBody),
-        (status = 401, description = "A wrong token, or none while api.token is set", body = crate::openapi::ErrorBody),
-        (status = 403, description = "?reveal=true without the admin token", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such message", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The store did not answer", body = crate::openapi::ErrorBody),
+        (status = 400, description = "Not a UUID, or a bad query", body = crate::responses::ErrorBody),
+        (status = 401, description = "A wrong token, or none while api.token is set", body = crate::responses::ErrorBody),
+        (status = 403, description = "?reveal=true without the admin token", body = crate::responses::ErrorBody),
+        (status = 404, description = "No such message", body = crate::responses::ErrorBody),
+        (status = 503, description = "The store did not answer", body = crate::responses::ErrorBody),
     ),
     security((), ("api_token" = []), ("admin_token" = [])))]
 async fn get_message(
@@ -714,12 +727,12 @@ async fn get_message(
 #[utoipa::path(post, path = "/messages/{id}/retry", tag = "admin",
     params(("id" = uuid::Uuid, Path, description = "The failed message's id")),
     responses(
-        (status = 202, description = "Back into play", body = crate::openapi::Retried),
-        (status = 400, description = "Not a UUID", body = crate::openapi::ErrorBody),
-        (status = 401, description = "Not the admin token", body = crate::openapi::ErrorBody),
-        (status = 403, description = "admin.allow_destructive_actions is off", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such message, or it is not failed", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The scheduler or the store did not answer", body = crate::openapi::ErrorBody),
+        (status = 202, description = "Back into play", body = crate::responses::Retried),
+        (status = 400, description = "Not a UUID", body = crate::responses::ErrorBody),
+        (status = 401, description = "Not the admin token", body = crate::responses::ErrorBody),
+        (status = 403, description = "admin.allow_destructive_actions is off", body = crate::responses::ErrorBody),
+        (status = 404, description = "No such message, or it is not failed", body = crate::responses::ErrorBody),
+        (status = 503, description = "The scheduler or the store did not answer", body = crate::responses::ErrorBody),
     ),
     security(("admin_token" = [])))]
 async fn retry_message(
@@ -782,14 +795,14 @@ async fn retry_message(
 #[utoipa::path(post, path = "/failed/redrive", tag = "admin",
     params(("dry_run" = Option<bool>, Query, description = "Only report what a re-drive would take")),
     responses(
-        (status = 200, description = "Dry run: the failed queue as it is", body = crate::openapi::RedriveDryRun),
-        (status = 202, description = "Re-drive started", body = crate::openapi::Redriving),
-        (status = 400, description = "A bad dry_run", body = crate::openapi::ErrorBody),
-        (status = 401, description = "Not the admin token", body = crate::openapi::ErrorBody),
-        (status = 403, description = "admin.allow_destructive_actions is off", body = crate::openapi::ErrorBody),
-        (status = 429, description = "One is running, or the last started within admin.redrive_cooldown_ms", body = crate::openapi::ErrorBody,
+        (status = 200, description = "Dry run: the failed queue as it is", body = crate::responses::RedriveDryRun),
+        (status = 202, description = "Re-drive started", body = crate::responses::Redriving),
+        (status = 400, description = "A bad dry_run", body = crate::responses::ErrorBody),
+        (status = 401, description = "Not the admin token", body = crate::responses::ErrorBody),
+        (status = 403, description = "admin.allow_destructive_actions is off", body = crate::responses::ErrorBody),
+        (status = 429, description = "One is running, or the last started within admin.redrive_cooldown_ms", body = crate::responses::ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "The broker or the scheduler did not answer", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The broker or the scheduler did not answer", body = crate::responses::ErrorBody),
     ),
     security(("admin_token" = [])))]
 async fn redrive(
@@ -886,11 +899,11 @@ async fn redrive(
 /// `POST /consumption/pause` (admin).
 #[utoipa::path(post, path = "/consumption/pause", tag = "admin",
     responses(
-        (status = 200, description = "Paused", body = crate::openapi::Consumption),
-        (status = 202, description = "Paused by the switch: the consumer is restarting and follows it", body = crate::openapi::Consumption),
-        (status = 401, description = "Not the admin token", body = crate::openapi::ErrorBody),
-        (status = 403, description = "admin.allow_destructive_actions is off", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The consumer did not answer", body = crate::openapi::ErrorBody),
+        (status = 200, description = "Paused", body = crate::responses::Consumption),
+        (status = 202, description = "Paused by the switch: the consumer is restarting and follows it", body = crate::responses::Consumption),
+        (status = 401, description = "Not the admin token", body = crate::responses::ErrorBody),
+        (status = 403, description = "admin.allow_destructive_actions is off", body = crate::responses::ErrorBody),
+        (status = 503, description = "The consumer did not answer", body = crate::responses::ErrorBody),
     ),
     security(("admin_token" = [])))]
 async fn pause(State(app): State<AppState>, headers: HeaderMap) -> Response {
@@ -928,11 +941,11 @@ async fn pause(State(app): State<AppState>, headers: HeaderMap) -> Response {
 /// `POST /consumption/resume` (admin).
 #[utoipa::path(post, path = "/consumption/resume", tag = "admin",
     responses(
-        (status = 200, description = "Resumed", body = crate::openapi::Consumption),
-        (status = 202, description = "Resumed by the switch: the consumer is restarting and follows it", body = crate::openapi::Consumption),
-        (status = 401, description = "Not the admin token", body = crate::openapi::ErrorBody),
-        (status = 403, description = "admin.allow_destructive_actions is off", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The consumer did not answer", body = crate::openapi::ErrorBody),
+        (status = 200, description = "Resumed", body = crate::responses::Consumption),
+        (status = 202, description = "Resumed by the switch: the consumer is restarting and follows it", body = crate::responses::Consumption),
+        (status = 401, description = "Not the admin token", body = crate::responses::ErrorBody),
+        (status = 403, description = "admin.allow_destructive_actions is off", body = crate::responses::ErrorBody),
+        (status = 503, description = "The consumer did not answer", body = crate::responses::ErrorBody),
     ),
     security(("admin_token" = [])))]
 async fn resume(State(app): State<AppState>, headers: HeaderMap) -> Response {

@@ -15,6 +15,7 @@ pub mod exit;
 pub mod http;
 pub mod metrics;
 pub mod openapi;
+pub mod responses;
 pub mod telemetry;
 
 use std::future::Future;
@@ -173,6 +174,7 @@ pub async fn start(config: Config) -> Result<App, RunError> {
         access.clone(),
         config.pipeline.enabled.then(|| pipeline.clone()),
         metrics.clone(),
+        Some(openapi::json().into()),
     );
     let (http_stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(async move {
@@ -278,6 +280,7 @@ impl App {
             self.access.clone(),
             self.pipeline_enabled.then(|| self.pipeline.clone()),
             self.metrics.clone(),
+            Some(openapi::json().into()),
         )
     }
 
