@@ -815,7 +815,10 @@ impl TestEnv {
         config.delivery.retry_jitter = 0.0;
         config.delivery.retry_max_ms = 2_000;
         config.delivery.worker_shutdown_ms = 3_000;
-        config.delivery.sending_lease_ms = 3_000;
+        // A provider call (2 s) plus its margin (0.5 s) leaves 2.5 s for the admission: at 3 s
+        // (0.5 s of slack) admissions slowed by a loaded CI machine were given back (recorded
+        // `deferred`, rescheduled), which is right but made "one attempt" tests flaky.
+        config.delivery.sending_lease_ms = 5_000;
         config.scheduler.poll_ms = 100;
         config.scheduler.lease_ms = 5_000;
         config.supervision.backoff.max_ms = 2_000;
