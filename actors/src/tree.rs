@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::supervisor::spec::{Restart, Strategy};
+use crate::supervisor::policy::{Restart, Strategy};
 
 /// How many exits each node remembers, newest last.
 pub const DEFAULT_MAX_EXITS: usize = 10;

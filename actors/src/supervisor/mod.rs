@@ -25,6 +25,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod policy;
 pub mod spec;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};

@@ -1,7 +1,8 @@
 //! Child specifications: what a supervisor starts, how it restarts it, how it stops it.
 //!
-//! The vocabulary is Erlang/OTP's (restart types, shutdown, strategies, intensity) plus what
-//! OTP leaves to the caller: per-child backoff and watchdogs.
+//! The vocabulary is Erlang/OTP's (restart types, shutdown, strategies, intensity: in
+//! [`super::policy`], re-exported here) plus what OTP leaves to the caller: per-child backoff
+//! and watchdogs.
 
 use std::any::Any;
 use std::fmt;
@@ -10,65 +11,13 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use ractor::{Actor, ActorCell, ActorProcessingErr};
-use serde::{Deserialize, Serialize};
 
 use crate::supervisor::backoff::Backoff;
 use crate::supervisor::{Supervisor, SupervisorArgs, SupervisorSpec};
 use crate::tree::{NodeKind, Tree};
 use crate::watchdog::Watchdog;
 
-/// When a child is restarted (OTP restart types).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Restart {
-    /// Always restarted.
-    Permanent,
-    /// Restarted only after an abnormal exit (not `normal`, not `shutdown`).
-    Transient,
-    /// Never restarted; its spec is removed when it exits.
-    Temporary,
-}
-
-/// How a child is stopped when its supervisor stops it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shutdown {
-    /// Ask it to stop (its `post_stop` runs); kill it if it is not gone within the timeout.
-    Timeout(Duration),
-    /// Kill it at once (`post_stop` does not run).
-    BrutalKill,
-    /// Ask it to stop and wait as long as it takes: for child supervisors, which stop their
-    /// own children within their own timeouts.
-    Infinity,
-}
-
-/// Which siblings are restarted with a failed child.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    /// Only the failed child.
-    OneForOne,
-    /// Every static child: the others are stopped in reverse order, then all start in order.
-    OneForAll,
-    /// The failed child and the static children started after it.
-    RestForOne,
-}
-
-/// Restart intensity: more than `max_restarts` restarts within `period` makes the supervisor
-/// give up. OTP's default is 1 restart in 5 seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Intensity {
-    pub max_restarts: u32,
-    pub period: Duration,
-}
-
-impl Default for Intensity {
-    fn default() -> Self {
-        Intensity {
-            max_restarts: 1,
-            period: Duration::from_secs(5),
-        }
-    }
-}
+pub use super::policy::{Intensity, Restart, Shutdown, Strategy};
 
 /// Arguments of one dynamic child instance, kept to restart it with the same arguments.
 pub type DynArgs = Arc<dyn Any + Send + Sync>;
