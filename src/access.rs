@@ -200,6 +200,24 @@ impl Access {
         }
     }
 
+    /// May this request use a destructive admin route? 401 unless the admin token, 403 unless
+    /// `admin.allow_destructive_actions`.
+    pub fn destructive(&self, headers: &HeaderMap) -> Result<(), Refused> {
+        if self.caller(headers) != Ok(Caller::Admin) {
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token (Authorization: Bearer <admin.token>)",
+            ));
+        }
+        if !self.admin.allow_destructive_actions {
+            return Err((
+                StatusCode::FORBIDDEN,
+                "destructive actions are disabled (admin.allow_destructive_actions = false)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Take one submission from the rate limit; `Err(seconds)` to wait when there is none.
     pub fn take_submission(&self) -> Result<(), u64> {
         let Some(limiter) = &self.limiter else {
@@ -249,6 +267,15 @@ pub fn mask_number(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn constant_time_eq_matches_only_equal() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
 
     fn admin(token: &str, allow: bool) -> AdminConfig {
         AdminConfig {

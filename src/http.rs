@@ -50,7 +50,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 pub use crate::access::AdminConfig;
-use crate::access::{Access, Caller, constant_time_eq, mask_record};
+use crate::access::{Access, Caller, mask_record};
 use crate::metrics::Metrics;
 
 /// Content type of `/livez` and `/readyz` (draft-inadarei-api-health-check).
@@ -349,36 +349,6 @@ fn error(code: StatusCode, message: &str) -> Response {
     (code, axum::Json(json!({ "error": message }))).into_response()
 }
 
-/// 401 unless a correct bearer token; 403 unless destructive actions are allowed.
-fn authorize_destructive(
-    headers: &HeaderMap,
-    admin: &AdminConfig,
-) -> Result<(), (StatusCode, &'static str)> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let ok = match presented {
-        Some(t) => {
-            !admin.token.is_empty() && constant_time_eq(t.as_bytes(), admin.token.as_bytes())
-        }
-        None => false,
-    };
-    if !ok {
-        return Err((
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token (Authorization: Bearer <admin.token>)",
-        ));
-    }
-    if !admin.allow_destructive_actions {
-        return Err((
-            StatusCode::FORBIDDEN,
-            "destructive actions are disabled (admin.allow_destructive_actions = false)",
-        ));
-    }
-    Ok(())
-}
-
 #[utoipa::path(post, path = "/actors/{path}/kill", tag = "admin",
     params(("path" = String, Path, description = "The actor's path in the tree, e.g. `root/broker/consumer`")),
     responses(
@@ -400,7 +370,7 @@ async fn actor_action(
             "unknown action (try POST /actors/{path}/kill)",
         );
     };
-    if let Err((code, why)) = authorize_destructive(&headers, &app.access.admin) {
+    if let Err((code, why)) = app.access.destructive(&headers) {
         return error(code, why);
     }
     let before = app.tree.snapshot();
@@ -740,7 +710,7 @@ async fn retry_message(
     Path(raw): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err((code, why)) = authorize_destructive(&headers, &app.access.admin) {
+    if let Err((code, why)) = app.access.destructive(&headers) {
         return error(code, why);
     }
     let id = match parse_id(&raw) {
@@ -814,7 +784,7 @@ async fn redrive(
         Ok(Query(q)) => q,
         Err(r) => return bad_query(&r),
     };
-    if let Err((code, why)) = authorize_destructive(&headers, &app.access.admin) {
+    if let Err((code, why)) = app.access.destructive(&headers) {
         return error(code, why);
     }
     let dry_run = match q.get("dry_run").map(String::as_str) {
@@ -907,7 +877,7 @@ async fn redrive(
     ),
     security(("admin_token" = [])))]
 async fn pause(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err((code, why)) = authorize_destructive(&headers, &app.access.admin) {
+    if let Err((code, why)) = app.access.destructive(&headers) {
         return error(code, why);
     }
     let p = match pipeline_of(&app) {
@@ -949,7 +919,7 @@ async fn pause(State(app): State<AppState>, headers: HeaderMap) -> Response {
     ),
     security(("admin_token" = [])))]
 async fn resume(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err((code, why)) = authorize_destructive(&headers, &app.access.admin) {
+    if let Err((code, why)) = app.access.destructive(&headers) {
         return error(code, why);
     }
     let p = match pipeline_of(&app) {
@@ -1025,18 +995,4 @@ pub fn render_text(snap: &TreeSnapshot) -> String {
         line(&mut out, r, "", true, true);
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn constant_time_eq_matches_only_equal() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"x"));
-        assert!(constant_time_eq(b"", b""));
-    }
 }

@@ -78,6 +78,8 @@ pub struct App {
     pub admin: http::AdminConfig,
     /// Who may use which route (shared with the endpoint: the same rate limit).
     pub access: access::Access,
+    /// The OpenAPI description, rendered once at start and shared by every router.
+    openapi: std::sync::Arc<str>,
     root_done: JoinHandle<()>,
     http_stop: tokio::sync::oneshot::Sender<()>,
     http_task: JoinHandle<std::io::Result<()>>,
@@ -169,12 +171,13 @@ pub async fn start(config: Config) -> Result<App, RunError> {
         config.api.clone(),
         addr.ip().is_loopback(),
     );
+    let openapi_doc: std::sync::Arc<str> = openapi::json().into();
     let router = http::router_with_metrics(
         tree.clone(),
         access.clone(),
         config.pipeline.enabled.then(|| pipeline.clone()),
         metrics.clone(),
-        Some(openapi::json().into()),
+        Some(openapi_doc.clone()),
     );
     let (http_stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(async move {
@@ -197,6 +200,7 @@ pub async fn start(config: Config) -> Result<App, RunError> {
         metrics,
         admin: config.admin.clone(),
         access,
+        openapi: openapi_doc,
         root_done,
         http_stop,
         http_task,
@@ -280,7 +284,7 @@ impl App {
             self.access.clone(),
             self.pipeline_enabled.then(|| self.pipeline.clone()),
             self.metrics.clone(),
-            Some(openapi::json().into()),
+            Some(self.openapi.clone()),
         )
     }
 

@@ -3,67 +3,24 @@
 //! every route against every kind of caller, protected mode's refusals, the media type, the
 //! `Idempotency-Key` cases, the submit rate limit and the in-memory broker's bound.
 
+mod support;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderMap, Request, StatusCode, header};
+use axum::http::{Request, StatusCode, header};
 use drover::{App, Config};
 use drover_actors::broker::Broker;
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
+use support::{Reply as Answer, request};
 use tower::ServiceExt;
 use uuid::Uuid;
 
 const ADMIN: &str = "admin-s3cret";
 const API: &str = "api-s3cret";
 const LIMIT: Duration = Duration::from_secs(30);
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-    text: String,
-}
-
-/// One request; `headers` are added as given (a JSON body gets its content type unless one
-/// is among them).
-async fn request(
-    r: &Router,
-    method: &str,
-    uri: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Answer {
-    let mut req = Request::builder().method(method).uri(uri);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    if !body.is_empty()
-        && !headers
-            .iter()
-            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-    {
-        req = req.header("content-type", "application/json");
-    }
-    let resp = r
-        .clone()
-        .oneshot(req.body(Body::from(body.to_owned())).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
-    Answer {
-        status,
-        headers,
-        body,
-        text,
-    }
-}
 
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")

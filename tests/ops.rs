@@ -13,54 +13,23 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{HeaderMap, Request, StatusCode, header};
+use axum::http::{StatusCode, header};
 use drover::http::router;
 use drover::{App, Config};
 use drover_actors::broker::Broker;
 use drover_actors::tree::{NodeStatus, Tree};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 use uuid::Uuid;
 
-use support::{Rule, TestEnv, recipient, wait_for};
+use support::{Reply as Answer, Rule, TestEnv, recipient, wait_for};
 
 const TOKEN: &str = "ops-s3cret";
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// An answer: status, headers, body (JSON if it parses, else a JSON string).
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-    text: String,
-}
-
 async fn call(r: &Router, method: &str, uri: &str, token: Option<&str>, body: &str) -> Answer {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    if !body.is_empty() {
-        req = req.header("content-type", "application/json");
-    }
-    let resp = r
-        .clone()
-        .oneshot(req.body(Body::from(body.to_owned())).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
-    Answer {
-        status,
-        headers,
-        body,
-        text,
-    }
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    support::request(r, method, uri, &headers, body).await
 }
 
 fn content_type(a: &Answer) -> &str {

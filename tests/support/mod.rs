@@ -1237,6 +1237,58 @@ pub async fn rabbitmqctl_queue_counts(vhost: &str, queue: &str) -> (u64, u64) {
     parse_queue_counts(&out, queue)
 }
 
+// ---- in-process HTTP ----------------------------------------------------------------------------
+
+/// An in-process HTTP answer: status, headers, body (JSON if it parses, else a JSON string)
+/// and the raw text.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: serde_json::Value,
+    pub text: String,
+}
+
+/// One request; `headers` are added as given (a JSON body gets its content type unless one
+/// is among them).
+pub async fn request(
+    r: &Router,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+    let mut req = axum::http::Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if !body.is_empty()
+        && !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
+        req = req.header("content-type", "application/json");
+    }
+    let resp = r
+        .clone()
+        .oneshot(req.body(axum::body::Body::from(body.to_owned())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text.clone()));
+    Reply {
+        status,
+        headers,
+        body,
+        text,
+    }
+}
+
 // ---- the binary ---------------------------------------------------------------------------------
 
 /// The drover binary with only what the test sets: nothing from the caller's `DROVER_*`
