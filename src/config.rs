@@ -124,7 +124,7 @@ impl Config {
         crate::access::protected_mode(self.http.addr, &self.api, &self.admin)
             .map_err(ConfigError::Invalid)?;
         self.message.validate().map_err(ConfigError::Invalid)?;
-        drover_actors::pipeline::worker::lease_covers_call(&self.delivery, &self.provider)
+        drover_actors::pipeline::delivery::lease_covers_call(&self.delivery, &self.provider)
             .map_err(ConfigError::Invalid)
     }
 

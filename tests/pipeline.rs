@@ -11,10 +11,10 @@ mod support;
 
 use std::time::Duration;
 
-use drover_actors::pipeline::scheduler;
-use drover_actors::pipeline::worker::{
+use drover_actors::message::{
     ATTEMPTS_HEADER, ERROR_CLASS_HEADER, INVALID_CLASS_HEADER, INVALID_REASON_HEADER,
 };
+use drover_actors::pipeline::scheduler;
 use drover_actors::store::{MessageStatus, OutcomeKind, Store};
 use drover_actors::tree::EventKind;
 use support::{Rule, TestEnv, recipient, wait_counts, wait_for, wait_status};

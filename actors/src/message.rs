@@ -38,6 +38,22 @@ use uuid::Uuid;
 /// layer's.
 pub use crate::broker::MAX_SHORT_STRING as AMQP_SHORT_STRING_MAX;
 
+// ---- header names of the message contract (on the failed and invalid queues' copies) ----
+
+/// Header carrying why a message was set aside as invalid.
+pub const INVALID_REASON_HEADER: &str = "x-drover-invalid-reason";
+/// Header carrying the class of that reason.
+pub const INVALID_CLASS_HEADER: &str = "x-drover-invalid-class";
+/// Set when the payload was cut to `message.max_payload_bytes`: its original length in bytes.
+pub const BODY_TRUNCATED_HEADER: &str = "x-drover-body-truncated";
+/// Set when some of the delivery's own headers were left out to keep the properties small:
+/// how many.
+pub const HEADERS_DROPPED_HEADER: &str = "x-drover-headers-dropped";
+/// Headers on failed-queue messages.
+pub const ERROR_HEADER: &str = "x-drover-error";
+pub const ERROR_CLASS_HEADER: &str = "x-drover-error-class";
+pub const ATTEMPTS_HEADER: &str = "x-drover-attempts";
+
 /// Longest reason text drover writes about an invalid message (header, database row, log).
 pub const MAX_REASON_BYTES: usize = 512;
 

@@ -25,23 +25,26 @@
 
 pub mod alerts;
 pub mod broker;
+pub mod children;
 pub mod config;
+pub mod decide;
+pub mod delivery;
 pub mod monitor;
 pub mod ops;
+pub mod owned;
 pub mod poison;
 pub mod provider_worker;
 pub mod scheduler;
 pub mod set_aside;
 pub mod store_worker;
-pub mod worker;
 
 use ractor::ActorRef;
 
+pub use children::pipeline_children;
 pub use config::{DeliveryConfig, PipelineConfig, SchedulerConfig};
 
 use crate::broker::MemoryBroker;
 use crate::clock::Clock;
-use crate::supervisor::{ChildSpec, Shutdown, Strategy, SupervisorSpec};
 use crate::tree::{LookupError, Tree};
 
 /// Errors of the pipeline actors.
@@ -97,15 +100,19 @@ impl Pipeline {
         self.lookup("provider", "the provider")
     }
 
-    pub fn connection(&self) -> Result<ActorRef<broker::ConnectionMessage>, PipelineError> {
+    pub fn connection(
+        &self,
+    ) -> Result<ActorRef<broker::connection::ConnectionMessage>, PipelineError> {
         self.lookup("broker/connection", "the broker connection")
     }
 
-    pub fn publisher(&self) -> Result<ActorRef<broker::PublisherMessage>, PipelineError> {
+    pub fn publisher(
+        &self,
+    ) -> Result<ActorRef<broker::publisher::PublisherMessage>, PipelineError> {
         self.lookup("broker/publisher", "the publisher")
     }
 
-    pub fn consumer(&self) -> Result<ActorRef<broker::ConsumerMessage>, PipelineError> {
+    pub fn consumer(&self) -> Result<ActorRef<broker::consumer::ConsumerMessage>, PipelineError> {
         self.lookup("broker/consumer", "the consumer")
     }
 
@@ -120,63 +127,4 @@ impl Pipeline {
     pub fn alerts(&self) -> Result<ActorRef<alerts::AlertMessage>, PipelineError> {
         self.lookup("alerts", "the alert worker")
     }
-}
-
-/// The root supervisor's children for the delivery pipeline, in start order.
-pub fn pipeline_children(p: &Pipeline) -> Vec<ChildSpec> {
-    let backoff = p.config.supervision.backoff;
-    let intensity = p.config.supervision.intensity();
-    let seed = p.config.supervision.seed;
-    let (ps, pp, pb, psch) = (p.clone(), p.clone(), p.clone(), p.clone());
-    let (pa, pm) = (p.clone(), p.clone());
-    vec![
-        ChildSpec::worker("alerts", move |_| (alerts::AlertWorker, pa.clone())).backoff(backoff),
-        ChildSpec::worker("store", move |_| (store_worker::StoreWorker, ps.clone()))
-            .backoff(backoff),
-        ChildSpec::worker("provider", move |_| {
-            (provider_worker::ProviderWorker, pp.clone())
-        })
-        .backoff(backoff),
-        ChildSpec::supervisor("broker", move |_| {
-            let pb = pb.clone();
-            let (pc, ppub, pcons) = (pb.clone(), pb.clone(), pb.clone());
-            let max_workers = (pb.config.broker.prefetch as usize).max(1) * 2;
-            let worker_shutdown = Shutdown::Timeout(std::time::Duration::from_millis(
-                pb.config.delivery.worker_shutdown_ms,
-            ));
-            SupervisorSpec::new(Strategy::RestForOne, intensity)
-                .seed(seed)
-                .child(
-                    ChildSpec::worker("connection", move |_| {
-                        (broker::ConnectionWorker, pc.clone())
-                    })
-                    .backoff(backoff),
-                )
-                .child(
-                    ChildSpec::worker("publisher", move |_| {
-                        (broker::PublisherWorker, ppub.clone())
-                    })
-                    .backoff(backoff),
-                )
-                .child(
-                    ChildSpec::worker("consumer", move |_| (broker::ConsumerWorker, pcons.clone()))
-                        .backoff(backoff),
-                )
-                .child(ChildSpec::supervisor("workers", move |_| {
-                    SupervisorSpec::new(Strategy::OneForOne, intensity).dynamic(
-                        ChildSpec::new("delivery", worker::start_delivery_worker)
-                            .restart(crate::supervisor::Restart::Temporary)
-                            .shutdown(worker_shutdown),
-                        max_workers,
-                    )
-                }))
-        })
-        .backoff(backoff),
-        ChildSpec::worker("scheduler", move |_| {
-            (scheduler::SchedulerWorker, psch.clone())
-        })
-        .backoff(backoff),
-        ChildSpec::worker("monitor", move |_| (monitor::MonitorWorker, pm.clone()))
-            .backoff(backoff),
-    ]
 }

@@ -13,7 +13,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::broker::Route;
 use crate::pipeline::alerts::{Alert, AlertKind, raise};
-use crate::pipeline::broker::broker_of;
+use crate::pipeline::broker::connection::broker_of;
+use crate::pipeline::ops::QueueSample;
 use crate::pipeline::{Pipeline, PipelineError};
 
 /// One sample of the work queue.
@@ -177,6 +178,26 @@ impl Actor for MonitorWorker {
         myself.send_after(Duration::from_millis(every_ms), || MonitorMessage::Tick);
         Ok(())
     }
+}
+
+/// Sample the three queues' counters into the cache (the queue sampler calls this every few
+/// seconds; readers never do).
+pub async fn sample_queues(p: &Pipeline) -> Result<(), PipelineError> {
+    let broker = broker_of(p).await?;
+    for route in Route::ALL {
+        let queue = p.config.broker.queue(route);
+        let stats = broker.queue_stats(queue).await?;
+        p.ops.set_queue(
+            queue,
+            QueueSample {
+                ready: stats.ready,
+                consumers: stats.consumers,
+                dropped: stats.dropped,
+                at_ms: p.clock.now_ms(),
+            },
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

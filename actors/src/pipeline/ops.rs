@@ -20,8 +20,6 @@ use serde::Serialize;
 
 use crate::broker::Route;
 use crate::clock::Clock;
-use crate::pipeline::broker::broker_of;
-use crate::pipeline::{Pipeline, PipelineError};
 use crate::provider::CircuitState;
 use crate::store::OutcomeKind;
 
@@ -391,26 +389,6 @@ pub fn circuit_level(state: &CircuitState, now_ms: i64) -> u8 {
         CircuitState::Open { retry_at_ms, .. } if *retry_at_ms <= now_ms => 1,
         CircuitState::Open { .. } => 2,
     }
-}
-
-/// Sample the three queues' counters into the cache (the queue sampler calls this every few
-/// seconds; readers never do).
-pub async fn sample_queues(p: &Pipeline) -> Result<(), PipelineError> {
-    let broker = broker_of(p).await?;
-    for route in Route::ALL {
-        let queue = p.config.broker.queue(route);
-        let stats = broker.queue_stats(queue).await?;
-        p.ops.set_queue(
-            queue,
-            QueueSample {
-                ready: stats.ready,
-                consumers: stats.consumers,
-                dropped: stats.dropped,
-                at_ms: p.clock.now_ms(),
-            },
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

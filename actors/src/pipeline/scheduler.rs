@@ -14,10 +14,11 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::broker::{Outgoing, Route};
+use crate::message::ERROR_CLASS_HEADER;
 use crate::pipeline::alerts::{Alert, AlertKind, raise};
-use crate::pipeline::broker::{broker_of, publish};
+use crate::pipeline::broker::connection::broker_of;
+use crate::pipeline::broker::publisher::publish;
 use crate::pipeline::poison::counts_against_message;
-use crate::pipeline::set_aside::ERROR_CLASS_HEADER;
 use crate::pipeline::store_worker::store_of;
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::store::MessageStatus;
@@ -136,7 +137,7 @@ impl Actor for SchedulerWorker {
                 let running = p.ops.redrive_started(p.clock);
                 // Ends with the scheduler even when it is killed (post_stop does not run then).
                 let owner = myself.get_cell();
-                state.redrive = Some(crate::pipeline::broker::spawn_owned(owner, async move {
+                state.redrive = Some(crate::pipeline::owned::spawn_owned(owner, async move {
                     match redrive(&p).await {
                         Ok(n) => {
                             tracing::info!(redriven = n, "failed queue re-driven");
@@ -176,7 +177,10 @@ async fn republish_due(p: &Pipeline) -> Result<usize, PipelineError> {
         let mut done = Vec::with_capacity(n);
         for (msg, attempts) in due {
             let mut headers = BTreeMap::new();
-            headers.insert("x-drover-attempts".to_string(), attempts.to_string());
+            headers.insert(
+                crate::message::ATTEMPTS_HEADER.to_string(),
+                attempts.to_string(),
+            );
             let out = Outgoing {
                 body: msg.to_json(),
                 message_id: Some(msg.id.to_string()),

@@ -11,20 +11,10 @@ use std::collections::BTreeMap;
 
 use crate::broker::Outgoing;
 use crate::message::{AMQP_SHORT_STRING_MAX, MAX_REASON_BYTES, truncate_utf8};
-
-/// Header carrying why a message was set aside as invalid.
-pub const INVALID_REASON_HEADER: &str = "x-drover-invalid-reason";
-/// Header carrying the class of that reason.
-pub const INVALID_CLASS_HEADER: &str = "x-drover-invalid-class";
-/// Set when the payload was cut to `message.max_payload_bytes`: its original length in bytes.
-pub const BODY_TRUNCATED_HEADER: &str = "x-drover-body-truncated";
-/// Set when some of the delivery's own headers were left out to keep the properties small:
-/// how many.
-pub const HEADERS_DROPPED_HEADER: &str = "x-drover-headers-dropped";
-/// Headers on failed-queue messages.
-pub const ERROR_HEADER: &str = "x-drover-error";
-pub const ERROR_CLASS_HEADER: &str = "x-drover-error-class";
-pub const ATTEMPTS_HEADER: &str = "x-drover-attempts";
+pub use crate::message::{
+    ATTEMPTS_HEADER, BODY_TRUNCATED_HEADER, ERROR_CLASS_HEADER, ERROR_HEADER,
+    HEADERS_DROPPED_HEADER, INVALID_CLASS_HEADER, INVALID_REASON_HEADER,
+};
 
 /// Most bytes (keys plus values) of a delivery's own headers copied to the invalid queue: the
 /// properties must fit one frame (RabbitMQ's default frame_max is 131,072 bytes), with room

@@ -1,4 +1,4 @@
-//! `DeliveryWorker`: one per delivery, temporary, under the `workers` supervisor.
+//! `DeliveryWorker` (`root/broker/workers/delivery-N`): one per delivery, temporary.
 //!
 //! Validates the message, records the attempt in the database, calls the provider through the
 //! provider actor, records the outcome, publishes to the failed or invalid queue when needed
@@ -6,8 +6,6 @@
 //! worker dies, its delivery is dropped and so nacked back to the queue at once, and the
 //! redelivery finds in the database what was already done. A failure that is the message's
 //! own (not an outage) counts towards its quarantine by the poison guard (`poison.rs`).
-
-use std::sync::Arc;
 
 use parking_lot::Mutex;
 use ractor::rpc::CallResult;
@@ -17,20 +15,17 @@ use tracing::Instrument;
 use crate::broker::{Delivery, Outgoing, Route};
 use crate::message::{Envelope, Invalid, OutboundMessage, parse};
 use crate::pipeline::alerts::{Alert, AlertKind, raise};
-use crate::pipeline::broker::publish;
+use crate::pipeline::broker::publisher::publish;
+use crate::pipeline::decide::decide;
 use crate::pipeline::poison::{PanicWatch, PoisonKey, Poisoned, counts_against_message};
 use crate::pipeline::provider_worker::{ProviderMessage, SendResult};
 use crate::pipeline::scheduler::SchedulerMessage;
 use crate::pipeline::set_aside::{Received, failed_headers, invalid_copy};
 use crate::pipeline::store_worker::store_of;
 use crate::pipeline::{DeliveryConfig, Pipeline, PipelineError};
-use crate::provider::{ProviderConfig, SendOutcome};
+use crate::provider::ProviderConfig;
 use crate::store::{Admission, AttemptOutcome, Store};
 use crate::supervisor::{ChildCtx, SplitMix64};
-
-pub use crate::pipeline::set_aside::{
-    ATTEMPTS_HEADER, ERROR_CLASS_HEADER, ERROR_HEADER, INVALID_CLASS_HEADER, INVALID_REASON_HEADER,
-};
 
 /// How long a worker holds a delivery whose message is in flight elsewhere before putting it
 /// back in the queue (pacing, so such a delivery does not spin).
@@ -405,91 +400,6 @@ async fn process(state: &mut DeliveryState, key: PoisonKey) -> Result<(), Pipeli
     ack(&mut state.delivery).await
 }
 
-/// What to record for a send result, and whether (with which class and error) the message
-/// goes to the failed queue. `retry_at` gives the next attempt's due time.
-pub fn decide(
-    sent: SendResult,
-    attempt: u32,
-    max_attempts: u32,
-    mut retry_at: impl FnMut() -> i64,
-) -> (AttemptOutcome, Option<(&'static str, String)>) {
-    match sent {
-        SendResult::CircuitOpen { retry_at_ms } => (
-            AttemptOutcome::Deferred {
-                next_attempt_at: retry_at_ms,
-                reason: "provider circuit open".into(),
-            },
-            None,
-        ),
-        SendResult::Done(SendOutcome::Sent {
-            provider_message_id,
-        }) => (
-            AttemptOutcome::Sent {
-                provider_message_id,
-                latency_ms: 0,
-            },
-            None,
-        ),
-        SendResult::Done(SendOutcome::ProviderFault { status, detail }) => (
-            AttemptOutcome::Deferred {
-                next_attempt_at: retry_at(),
-                reason: bounded(format!("provider fault {status}: {detail}")),
-            },
-            None,
-        ),
-        SendResult::Done(SendOutcome::Permanent { code, detail }) => {
-            let error = bounded(format!("permanent provider error {code:?}: {detail}"));
-            (
-                AttemptOutcome::Failed {
-                    error_class: "permanent".into(),
-                    error: error.clone(),
-                    latency_ms: 0,
-                },
-                Some(("permanent", error)),
-            )
-        }
-        SendResult::Done(other) => {
-            let class = other.error_class().to_string();
-            let error = bounded(format!("{other:?}"));
-            if attempt >= max_attempts {
-                let error = bounded(format!("gave up after {attempt} attempts; last: {error}"));
-                (
-                    AttemptOutcome::Failed {
-                        error_class: class,
-                        error: error.clone(),
-                        latency_ms: 0,
-                    },
-                    Some(("exhausted", error)),
-                )
-            } else if matches!(other, SendOutcome::Ambiguous { .. }) {
-                (
-                    AttemptOutcome::Ambiguous {
-                        next_attempt_at: retry_at(),
-                        error,
-                        latency_ms: 0,
-                    },
-                    None,
-                )
-            } else {
-                (
-                    AttemptOutcome::Retry {
-                        next_attempt_at: retry_at(),
-                        error_class: class,
-                        error,
-                        latency_ms: 0,
-                    },
-                    None,
-                )
-            }
-        }
-    }
-}
-
-/// Error text as stored and published: a provider's answer can be as long as it likes.
-fn bounded(s: String) -> String {
-    crate::message::truncate_utf8(&s, crate::message::MAX_REASON_BYTES).into_owned()
-}
-
 async fn ack(d: &mut Delivery) -> Result<(), PipelineError> {
     d.ack().await.map_err(PipelineError::from)
 }
@@ -631,9 +541,6 @@ async fn quarantine(
     Ok(())
 }
 
-/// Keep the type in use for callers that need to share a worker's args.
-pub type SharedDeliveryArgs = Arc<DeliveryArgs>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -660,51 +567,5 @@ mod tests {
         assert!(lease_allows_call(&lease(11_000), &provider, 500));
         assert!(!lease_allows_call(&lease(11_000), &provider, 501));
         assert!(lease_allows_call(&lease(30_000), &provider, -5));
-    }
-
-    #[test]
-    fn decisions_per_send_result() {
-        let due = || 42;
-        let cases: Vec<(SendResult, u32, &str, Option<&str>)> = vec![
-            (
-                SendResult::CircuitOpen { retry_at_ms: 7 },
-                1,
-                "deferred",
-                None,
-            ),
-            (
-                SendResult::Done(SendOutcome::Sent {
-                    provider_message_id: "SM1".into(),
-                }),
-                1,
-                "sent",
-                None,
-            ),
-            (
-                SendResult::Done(SendOutcome::Permanent {
-                    code: Some(21610),
-                    detail: "unsubscribed".into(),
-                }),
-                1,
-                "failed",
-                Some("permanent"),
-            ),
-            (
-                SendResult::Done(SendOutcome::ProviderFault {
-                    status: 401,
-                    detail: "x".repeat(100_000),
-                }),
-                1,
-                "deferred",
-                None,
-            ),
-        ];
-        for (sent, attempt, kind, failed) in cases {
-            let (outcome, f) = decide(sent, attempt, 5, due);
-            assert_eq!(outcome.kind().as_str(), kind);
-            assert_eq!(f.as_ref().map(|(c, _)| *c), failed);
-            let text = serde_json::to_string(&outcome).unwrap();
-            assert!(text.len() < 2 * crate::message::MAX_REASON_BYTES, "bounded");
-        }
     }
 }

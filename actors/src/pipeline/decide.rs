@@ -1,0 +1,142 @@
+//! The pure outcome decision of a delivery: what a send result means for the message
+//! (sent, retry, deferred, ambiguous, failed), table-tested here; `delivery.rs` applies it.
+
+use crate::pipeline::provider_worker::SendResult;
+use crate::provider::SendOutcome;
+use crate::store::AttemptOutcome;
+
+/// What to record for a send result, and whether (with which class and error) the message
+/// goes to the failed queue. `retry_at` gives the next attempt's due time.
+pub fn decide(
+    sent: SendResult,
+    attempt: u32,
+    max_attempts: u32,
+    mut retry_at: impl FnMut() -> i64,
+) -> (AttemptOutcome, Option<(&'static str, String)>) {
+    match sent {
+        SendResult::CircuitOpen { retry_at_ms } => (
+            AttemptOutcome::Deferred {
+                next_attempt_at: retry_at_ms,
+                reason: "provider circuit open".into(),
+            },
+            None,
+        ),
+        SendResult::Done(SendOutcome::Sent {
+            provider_message_id,
+        }) => (
+            AttemptOutcome::Sent {
+                provider_message_id,
+                latency_ms: 0,
+            },
+            None,
+        ),
+        SendResult::Done(SendOutcome::ProviderFault { status, detail }) => (
+            AttemptOutcome::Deferred {
+                next_attempt_at: retry_at(),
+                reason: bounded(format!("provider fault {status}: {detail}")),
+            },
+            None,
+        ),
+        SendResult::Done(SendOutcome::Permanent { code, detail }) => {
+            let error = bounded(format!("permanent provider error {code:?}: {detail}"));
+            (
+                AttemptOutcome::Failed {
+                    error_class: "permanent".into(),
+                    error: error.clone(),
+                    latency_ms: 0,
+                },
+                Some(("permanent", error)),
+            )
+        }
+        SendResult::Done(other) => {
+            let class = other.error_class().to_string();
+            let error = bounded(format!("{other:?}"));
+            if attempt >= max_attempts {
+                let error = bounded(format!("gave up after {attempt} attempts; last: {error}"));
+                (
+                    AttemptOutcome::Failed {
+                        error_class: class,
+                        error: error.clone(),
+                        latency_ms: 0,
+                    },
+                    Some(("exhausted", error)),
+                )
+            } else if matches!(other, SendOutcome::Ambiguous { .. }) {
+                (
+                    AttemptOutcome::Ambiguous {
+                        next_attempt_at: retry_at(),
+                        error,
+                        latency_ms: 0,
+                    },
+                    None,
+                )
+            } else {
+                (
+                    AttemptOutcome::Retry {
+                        next_attempt_at: retry_at(),
+                        error_class: class,
+                        error,
+                        latency_ms: 0,
+                    },
+                    None,
+                )
+            }
+        }
+    }
+}
+
+/// Error text as stored and published: a provider's answer can be as long as it likes.
+fn bounded(s: String) -> String {
+    crate::message::truncate_utf8(&s, crate::message::MAX_REASON_BYTES).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions_per_send_result() {
+        let due = || 42;
+        let cases: Vec<(SendResult, u32, &str, Option<&str>)> = vec![
+            (
+                SendResult::CircuitOpen { retry_at_ms: 7 },
+                1,
+                "deferred",
+                None,
+            ),
+            (
+                SendResult::Done(SendOutcome::Sent {
+                    provider_message_id: "SM1".into(),
+                }),
+                1,
+                "sent",
+                None,
+            ),
+            (
+                SendResult::Done(SendOutcome::Permanent {
+                    code: Some(21610),
+                    detail: "unsubscribed".into(),
+                }),
+                1,
+                "failed",
+                Some("permanent"),
+            ),
+            (
+                SendResult::Done(SendOutcome::ProviderFault {
+                    status: 401,
+                    detail: "x".repeat(100_000),
+                }),
+                1,
+                "deferred",
+                None,
+            ),
+        ];
+        for (sent, attempt, kind, failed) in cases {
+            let (outcome, f) = decide(sent, attempt, 5, due);
+            assert_eq!(outcome.kind().as_str(), kind);
+            assert_eq!(f.as_ref().map(|(c, _)| *c), failed);
+            let text = serde_json::to_string(&outcome).unwrap();
+            assert!(text.len() < 2 * crate::message::MAX_REASON_BYTES, "bounded");
+        }
+    }
+}
