@@ -27,7 +27,6 @@ use std::net::SocketAddr;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -36,15 +35,10 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use drover_actors::broker::{Outgoing, Route};
 use drover_actors::message::{Envelope, Invalid, parse};
 use drover_actors::pipeline::Pipeline;
-use drover_actors::pipeline::broker::connection::broker_of;
-use drover_actors::pipeline::broker::consumer::ConsumerMessage;
-use drover_actors::pipeline::broker::publisher::publish;
-use drover_actors::pipeline::ops::{RedriveRefused, circuit_level};
-use drover_actors::pipeline::scheduler::SchedulerMessage;
-use drover_actors::pipeline::store_worker::store_of;
+use drover_actors::pipeline::admin::{self, AdminError, Consumption, Intake};
+use drover_actors::pipeline::ops::circuit_level;
 use drover_actors::provider::CircuitState;
 use drover_actors::tree::{LookupError, NodeSnapshot, NodeStatus, Tree, TreeSnapshot};
 use serde::{Deserialize, Serialize};
@@ -59,8 +53,6 @@ use crate::metrics::Metrics;
 pub const HEALTH_JSON: &str = "application/health+json";
 /// Content type of `/metrics`.
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-/// How long an admin route waits for an actor or a dependency.
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `[http]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -256,43 +248,8 @@ async fn accept_message(
         Ok(m) => m,
         Err(invalid) => return refused(&invalid),
     };
-    if keyed || msg.id != id {
-        // A key or an id of the caller's: it may be a retry of an earlier POST.
-        let known = tokio::time::timeout(ADMIN_TIMEOUT, async {
-            let store = store_of(&p).await.map_err(|e| e.to_string())?;
-            store.get(msg.id).await.map_err(|e| e.to_string())
-        })
-        .await;
-        match known {
-            Ok(Ok(Some(rec))) if rec.message().is_some_and(|m| m.same_payload(&msg)) => {
-                let duplicate = crate::responses::Duplicate {
-                    id: rec.id,
-                    correlation_id: rec.correlation_id,
-                    status: rec.status,
-                    duplicate: true,
-                };
-                return (StatusCode::OK, axum::Json(duplicate)).into_response();
-            }
-            Ok(Ok(Some(_))) => {
-                return refusal(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "idempotency_key_reused",
-                    &format!("message {} exists with another payload", msg.id),
-                );
-            }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => return unavailable(format!("the store: {e}")),
-            Err(_) => return unavailable("the store did not answer in time"),
-        }
-    }
-    let out = Outgoing {
-        body: msg.to_json(),
-        message_id: Some(msg.id.to_string()),
-        correlation_id: Some(msg.correlation_id.clone()),
-        headers: Default::default(),
-    };
-    match publish(&p, Route::Work, out).await {
-        Ok(()) => (
+    match admin::submit(&p, &msg, keyed || msg.id != id).await {
+        Ok(Intake::Accepted) => (
             StatusCode::ACCEPTED,
             axum::Json(crate::responses::Accepted {
                 id: msg.id,
@@ -300,10 +257,16 @@ async fn accept_message(
             }),
         )
             .into_response(),
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("not accepted: {e}"),
-        ),
+        Ok(Intake::Duplicate(rec)) => {
+            let duplicate = crate::responses::Duplicate {
+                id: rec.id,
+                correlation_id: rec.correlation_id,
+                status: rec.status,
+                duplicate: true,
+            };
+            (StatusCode::OK, axum::Json(duplicate)).into_response()
+        }
+        Err(e) => admin_error(&e),
     }
 }
 
@@ -630,6 +593,52 @@ fn unavailable(e: impl std::fmt::Display) -> Response {
     error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
 }
 
+/// An operator call's refusal as a status.
+fn admin_error(e: &AdminError) -> Response {
+    match e {
+        AdminError::Unavailable(_) => unavailable(e),
+        AdminError::NoSuchMessage(_) | AdminError::NotFailed { .. } => {
+            error(StatusCode::NOT_FOUND, &e.to_string())
+        }
+        AdminError::IdReused(_) => refusal(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            &e.to_string(),
+        ),
+        AdminError::RedriveRefused {
+            why,
+            retry_after_ms,
+        } => {
+            let secs = retry_after_ms.div_ceil(1_000).max(1);
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, secs.to_string())],
+                axum::Json(json!({ "error": why, "retry_after_ms": retry_after_ms })),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Consumption after a pause or resume: 202 when only the switch was set.
+fn consumption(r: Result<Consumption, AdminError>) -> Response {
+    match r {
+        Ok(Consumption {
+            paused,
+            was_paused,
+            by_switch: Some(note),
+        }) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "paused": paused, "was_paused": was_paused, "note": note })),
+        )
+            .into_response(),
+        Ok(c) => {
+            axum::Json(json!({ "paused": c.paused, "was_paused": c.was_paused })).into_response()
+        }
+        Err(e) => admin_error(&e),
+    }
+}
+
 /// `GET /messages/{id}`: the message's state and attempt history.
 #[derive(Debug, Deserialize)]
 struct RevealQuery {
@@ -679,19 +688,13 @@ async fn get_message(
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };
-    let found = tokio::time::timeout(ADMIN_TIMEOUT, async {
-        let store = store_of(p).await.map_err(|e| e.to_string())?;
-        store.get(id).await.map_err(|e| e.to_string())
-    })
-    .await;
-    match found {
-        Ok(Ok(Some(record))) => {
+    match admin::find(p, id).await {
+        Ok(Some(record)) => {
             let value = serde_json::to_value(&record).unwrap_or(Value::Null);
             axum::Json(if reveal { value } else { mask_record(value) }).into_response()
         }
-        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, &format!("no message {id}")),
-        Ok(Err(e)) => unavailable(format!("the store: {e}")),
-        Err(_) => unavailable("the store did not answer in time"),
+        Ok(None) => error(StatusCode::NOT_FOUND, &format!("no message {id}")),
+        Err(e) => admin_error(&e),
     }
 }
 
@@ -723,43 +726,13 @@ async fn retry_message(
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };
-    let scheduler = match p.scheduler() {
-        Ok(s) => s,
-        Err(e) => return unavailable(e),
-    };
-    let answer = ractor::call_t!(
-        scheduler,
-        |reply| SchedulerMessage::Retry { id, reply },
-        ADMIN_TIMEOUT.as_millis() as u64
-    );
-    match answer {
-        Ok(Ok(true)) => {
-            tracing::warn!(%id, "failed message put back into play on operator request");
-            (
-                StatusCode::ACCEPTED,
-                axum::Json(json!({ "retried": id, "status": "retry_scheduled" })),
-            )
-                .into_response()
-        }
-        Ok(Ok(false)) => {
-            // Say why, if the store answers quickly; 404 either way.
-            let status = tokio::time::timeout(Duration::from_secs(2), async {
-                store_of(p).await.ok()?.get(id).await.ok().flatten()
-            })
-            .await
-            .ok()
-            .flatten()
-            .map(|r| r.status);
-            let why = match status {
-                Some(s) => {
-                    format!("message {id} is {s}, not failed: only failed messages are retried")
-                }
-                None => format!("no message {id}"),
-            };
-            error(StatusCode::NOT_FOUND, &why)
-        }
-        Ok(Err(e)) => unavailable(format!("retry failed: {e}")),
-        Err(e) => unavailable(format!("the scheduler did not answer: {e}")),
+    match admin::retry(p, id).await {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "retried": id, "status": "retry_scheduled" })),
+        )
+            .into_response(),
+        Err(e) => admin_error(&e),
     }
 }
 
@@ -803,69 +776,33 @@ async fn redrive(
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };
-    let queue = p.config.broker.failed_queue.clone();
     if dry_run {
-        let stats = tokio::time::timeout(ADMIN_TIMEOUT, async {
-            let broker = broker_of(p).await.map_err(|e| e.to_string())?;
-            broker.queue_stats(&queue).await.map_err(|e| e.to_string())
-        })
-        .await;
-        return match stats {
-            Ok(Ok(s)) => axum::Json(json!({
+        return match admin::failed_queue(p).await {
+            Ok(f) => axum::Json(json!({
                 "dry_run": true,
-                "queue": queue,
-                "depth": s.ready,
+                "queue": f.queue,
+                "depth": f.depth,
                 // Transient failures go back into play; permanent ones back to the failed queue.
-                "would_redrive_at_most": s.ready,
-                "consumers": s.consumers,
-                "redrive": p.ops.redrive_status(),
+                "would_redrive_at_most": f.depth,
+                "consumers": f.consumers,
+                "redrive": f.redrive,
             }))
             .into_response(),
-            Ok(Err(e)) => unavailable(format!("the broker: {e}")),
-            Err(_) => unavailable("the broker did not answer in time"),
+            Err(e) => admin_error(&e),
         };
     }
-    let now = p.clock.now_ms();
-    let previous = match p
-        .ops
-        .reserve_redrive(now, app.access.admin.redrive_cooldown_ms)
-    {
-        Ok(previous) => previous,
-        Err(refused) => {
-            let (why, after_ms) = match refused {
-                RedriveRefused::Running => ("a re-drive is running".to_string(), 1_000),
-                RedriveRefused::TooSoon { retry_after_ms } => (
-                    format!(
-                        "the last re-drive started less than {} ms ago (admin.redrive_cooldown_ms)",
-                        app.access.admin.redrive_cooldown_ms
-                    ),
-                    retry_after_ms,
-                ),
-            };
-            let secs = after_ms.div_ceil(1_000).max(1);
-            return (
-                StatusCode::TOO_MANY_REQUESTS,
-                [(header::RETRY_AFTER, secs.to_string())],
-                axum::Json(json!({ "error": why, "retry_after_ms": after_ms })),
-            )
-                .into_response();
-        }
-    };
-    let sent = p.scheduler().map_err(|e| e.to_string()).and_then(|s| {
-        s.send_message(SchedulerMessage::Redrive)
-            .map_err(|e| e.to_string())
-    });
-    if let Err(e) = sent {
-        p.ops.cancel_redrive(previous);
-        return unavailable(format!("the scheduler: {e}"));
+    match admin::redrive(p, app.access.admin.redrive_cooldown_ms) {
+        Ok(r) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({
+                "redriving": true,
+                "queue": r.queue,
+                "depth_last_sampled": r.depth_last_sampled,
+            })),
+        )
+            .into_response(),
+        Err(e) => admin_error(&e),
     }
-    tracing::warn!(%queue, "failed queue re-drive requested by an operator");
-    let depth = p.ops.queues().get(&queue).map(|s| s.ready);
-    (
-        StatusCode::ACCEPTED,
-        axum::Json(json!({ "redriving": true, "queue": queue, "depth_last_sampled": depth })),
-    )
-        .into_response()
 }
 
 /// `POST /consumption/pause` (admin).
@@ -886,28 +823,7 @@ async fn pause(State(app): State<AppState>, headers: HeaderMap) -> Response {
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };
-    let consumer = match p.consumer() {
-        Ok(c) => c,
-        Err(e) => {
-            // Restarting: its next incarnation reads the switch and starts paused.
-            let was = p.ops.set_consumption_paused(true);
-            return (
-                StatusCode::ACCEPTED,
-                axum::Json(json!({ "paused": true, "was_paused": was, "note": e.to_string() })),
-            )
-                .into_response();
-        }
-    };
-    match ractor::call_t!(
-        consumer,
-        ConsumerMessage::Pause,
-        ADMIN_TIMEOUT.as_millis() as u64
-    ) {
-        Ok(was_consuming) => {
-            axum::Json(json!({ "paused": true, "was_paused": !was_consuming })).into_response()
-        }
-        Err(e) => unavailable(format!("the consumer did not answer: {e}")),
-    }
+    consumption(admin::pause(p).await)
 }
 
 /// `POST /consumption/resume` (admin).
@@ -928,30 +844,7 @@ async fn resume(State(app): State<AppState>, headers: HeaderMap) -> Response {
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };
-    let consumer = match p.consumer() {
-        Ok(c) => c,
-        Err(e) => {
-            let was = p.ops.set_consumption_paused(false);
-            return (
-                StatusCode::ACCEPTED,
-                axum::Json(json!({ "paused": false, "was_paused": was, "note": e.to_string() })),
-            )
-                .into_response();
-        }
-    };
-    match ractor::call_t!(
-        consumer,
-        ConsumerMessage::Resume,
-        ADMIN_TIMEOUT.as_millis() as u64
-    ) {
-        Ok(Ok(was_paused)) => {
-            axum::Json(json!({ "paused": false, "was_paused": was_paused })).into_response()
-        }
-        Ok(Err(e)) => unavailable(format!(
-            "could not resume: {e} (the consumer restarts and consumes)"
-        )),
-        Err(e) => unavailable(format!("the consumer did not answer: {e}")),
-    }
+    consumption(admin::resume(p).await)
 }
 
 /// The tree as indented text, one node a line.

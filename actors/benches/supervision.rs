@@ -15,8 +15,8 @@
 //!    by sequential awaited calls from one task through a window of at most
 //!    [`SPAWN_WINDOW`] live workers (a permit taken before each spawn, returned by the
 //!    worker as it exits), the same shape for all: `start_child` (supervised, temporary,
-//!    awaiting the supervisor's reply), `start_child_no_reply` (supervised, the hand-over the
-//!    pipeline's consumer uses), `Actor::spawn` (bare ractor), `tokio::spawn` (plain task). The window keeps
+//!    awaiting the supervisor's reply), `start_child_no_reply` (supervised, fire and forget; the
+//!    pipeline's consumer awaits `start_child` instead), `Actor::spawn` (bare ractor), `tokio::spawn` (plain task). The window keeps
 //!    the comparison stable: unbounded, bare ractor piles up thousands of live actors and its
 //!    time varies 2-4x run to run. The clock stops when every worker's `post_stop` (the
 //!    task's body for tokio) has counted down; for the supervisor the time until it has also
@@ -352,7 +352,7 @@ enum Variant {
     Supervised,
     Ractor,
     Tokio,
-    /// `start_child_no_reply`: the hand-over the pipeline's consumer uses.
+    /// `start_child_no_reply`: supervised, without awaiting the supervisor's reply.
     SupervisedNoReply,
 }
 

@@ -1,7 +1,7 @@
 //! # `DemoSupervisor`: a small demonstration tree
 //!
-//! Stands in for the delivery pipeline until it exists, so that `cargo run` shows a real,
-//! living tree on `GET /status`: one worker ticks, one crashes on a timer and is restarted
+//! Runs beside the delivery pipeline when `demo.enabled` is set, so the tree shows restarts
+//! and dynamic children even while no message flows: one worker ticks, one crashes on a timer and is restarted
 //! with backoff, and a pool supervisor runs short-lived dynamic jobs.
 //!
 //! **Supervises** (in start order): `ticker` (worker, permanent), `flaky` (worker, permanent,

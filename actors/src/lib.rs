@@ -3,13 +3,9 @@
 //! Everything that runs inside drover's supervision tree: the OTP-style [`supervisor`], the
 //! live [`tree`] (snapshots and the event stream), handler [`watchdog`]s, and the actors.
 //!
-//! ```text
-//! root (Supervisor, one_for_one)
-//! └── demo (Supervisor, rest_for_one)      until the delivery pipeline replaces it
-//!     ├── ticker (worker, permanent)
-//!     ├── flaky  (worker, permanent, backoff ×3)
-//!     └── pool   (Supervisor, one_for_one, dynamic workers)
-//! ```
+//! The delivery pipeline's tree (drawn in [`pipeline`]) is the root's: alerts, store,
+//! provider, broker (connection, publisher, consumer, workers), scheduler, monitor. With
+//! `demo.enabled`, a demonstration subtree ([`demo`]) runs beside it.
 
 pub mod broker;
 pub mod clock;

@@ -136,6 +136,14 @@ impl OutboundMessage {
     }
 
     /// Whether `other` carries the same payload (same id is assumed).
+    /// The message as published to a queue: the one way an `Outgoing` is built from a
+    /// message (its JSON, its id and correlation id as AMQP properties, no headers yet).
+    pub fn outgoing(&self) -> crate::broker::Outgoing {
+        crate::broker::Outgoing::new(self.to_json())
+            .with_message_id(self.id.to_string())
+            .with_correlation_id(self.correlation_id.clone())
+    }
+
     pub fn same_payload(&self, other: &OutboundMessage) -> bool {
         self.to == other.to && self.body == other.body && self.from == other.from
     }

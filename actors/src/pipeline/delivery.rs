@@ -425,10 +425,8 @@ async fn publish_failed(
         p,
         Route::Failed,
         Outgoing {
-            body: msg.to_json(),
-            message_id: Some(msg.id.to_string()),
-            correlation_id: Some(msg.correlation_id.clone()),
             headers: failed_headers(class, error, attempts),
+            ..msg.outgoing()
         },
     )
     .await

@@ -1,17 +1,18 @@
 //! # The delivery pipeline
 //!
 //! ```text
-//! root (RootSupervisor: one_for_one)
-//! ├── alerts      AlertWorker      logs alerts, POSTs them to [alerts] webhook_url (dedupe, rate limit)
-//! ├── store       StoreWorker      owns the sqlx pool; pings it; fails when the database is gone
-//! ├── provider    ProviderWorker   owns the HTTP provider client and its circuit breaker
-//! ├── broker      BrokerSupervisor (rest_for_one)
-//! │   ├── connection  ConnectionWorker  one RabbitMQ connection; declares the topology; fails when lost
-//! │   ├── publisher   PublisherWorker   its own confirm-mode channel
-//! │   ├── consumer    ConsumerWorker    its own channel on the work queue; one worker per delivery
-//! │   └── workers     WorkersSupervisor (one_for_one, dynamic DeliveryWorker, temporary)
-//! ├── scheduler   SchedulerWorker  republishes due retries from the database
-//! └── monitor     MonitorWorker    samples the work queue; alerts on a backlog
+//! root (Supervisor: one_for_one)   children.rs
+//! ├── alerts      AlertWorker      alerts.rs           logs alerts, POSTs them to [alerts] webhook_url
+//! ├── store       StoreWorker      store_worker.rs     owns the sqlx pool; pings it; fails when the database is gone
+//! ├── provider    ProviderWorker   provider_worker.rs  the HTTP provider client and its circuit breaker
+//! ├── broker      Supervisor (rest_for_one)  broker/mod.rs: header + spec
+//! │   ├── connection  ConnectionWorker  broker/connection.rs  one RabbitMQ connection; declares the topology
+//! │   ├── publisher   PublisherWorker   broker/publisher.rs   its own confirm-mode channel
+//! │   ├── consumer    ConsumerWorker    broker/consumer.rs    its own channel on the work queue
+//! │   └── workers     Supervisor (one_for_one, dynamic)       broker/mod.rs
+//! │       └── delivery-N  DeliveryWorker (temporary)          delivery.rs, decide.rs
+//! ├── scheduler   SchedulerWorker  scheduler.rs        republishes due retries from the database
+//! └── monitor     MonitorWorker    monitor.rs          samples the work queue; alerts on a backlog
 //! ```
 //!
 //! `alerts` starts first so every other actor can raise an alert ([`alerts::raise`]); it also
@@ -23,6 +24,7 @@
 //! at once. A delivery is acked only after the database commit of its outcome and the
 //! confirm of any publish it caused.
 
+pub mod admin;
 pub mod alerts;
 pub mod broker;
 pub mod children;

@@ -9,11 +9,10 @@
 //! `/readyz` and `/metrics`, which never message this actor).
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde::Serialize;
 
 use crate::message::OutboundMessage;
 use crate::pipeline::Pipeline;
-use crate::provider::{CircuitBreaker, CircuitState, Permit, Provider, SendOutcome, Transition};
+use crate::provider::{CircuitBreaker, Permit, Provider, SendOutcome, Transition};
 
 /// What a send came to.
 #[derive(Debug, Clone)]
@@ -32,8 +31,6 @@ pub enum ProviderMessage {
         attempt: u32,
         reply: RpcReplyPort<SendResult>,
     },
-    /// The circuit's state, for status endpoints.
-    Circuit(RpcReplyPort<CircuitReport>),
     /// Internal: a send finished.
     #[doc(hidden)]
     Finished {
@@ -41,13 +38,6 @@ pub enum ProviderMessage {
         probe: bool,
         reply: RpcReplyPort<SendResult>,
     },
-}
-
-/// The circuit, as reported.
-#[derive(Debug, Clone, Serialize)]
-pub struct CircuitReport {
-    pub state: CircuitState,
-    pub closed_transitions: u64,
 }
 
 /// The provider actor.
@@ -61,7 +51,6 @@ pub struct ProviderState {
     provider: Provider,
     circuit: CircuitBreaker,
     probe_in_flight: bool,
-    closed_transitions: u64,
     /// Since when the circuit has been open (half-open probes included), Unix ms.
     open_since_ms: Option<i64>,
 }
@@ -109,7 +98,6 @@ impl Actor for ProviderWorker {
             provider,
             circuit,
             probe_in_flight: false,
-            closed_transitions: 0,
             open_since_ms: None,
         })
     }
@@ -183,7 +171,6 @@ impl Actor for ProviderWorker {
                         state.open_since_ms.get_or_insert(state.p.clock.now_ms());
                     }
                     Some(Transition::Closed) => {
-                        state.closed_transitions += 1;
                         state.open_since_ms = None;
                         tracing::info!("provider circuit closed: sending works again");
                         if let Ok(s) = state.p.scheduler() {
@@ -196,12 +183,6 @@ impl Actor for ProviderWorker {
                 }
                 state.p.ops.set_circuit(state.circuit.state());
                 let _ = reply.send(SendResult::Done(outcome));
-            }
-            ProviderMessage::Circuit(reply) => {
-                let _ = reply.send(CircuitReport {
-                    state: state.circuit.state(),
-                    closed_transitions: state.closed_transitions,
-                });
             }
         }
         Ok(())

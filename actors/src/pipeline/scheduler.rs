@@ -34,7 +34,7 @@ pub enum SchedulerMessage {
     /// Put a failed message back into play (`retry(id)`); answers whether it was failed.
     Retry {
         id: Uuid,
-        reply: RpcReplyPort<Result<bool, String>>,
+        reply: RpcReplyPort<Result<bool, PipelineError>>,
     },
     /// Re-drive the failed queue (sending works again).
     Redrive,
@@ -125,7 +125,7 @@ impl Actor for SchedulerWorker {
                 if result.as_ref().is_ok_and(|r| *r) {
                     state.plan(&myself, state.p.clock.now_ms());
                 }
-                let _ = reply.send(result.map_err(|e| e.to_string()));
+                let _ = reply.send(result);
             }
             SchedulerMessage::Redrive => {
                 if state.redrive.as_ref().is_some_and(|r| !r.is_finished()) {
@@ -182,10 +182,8 @@ async fn republish_due(p: &Pipeline) -> Result<usize, PipelineError> {
                 attempts.to_string(),
             );
             let out = Outgoing {
-                body: msg.to_json(),
-                message_id: Some(msg.id.to_string()),
-                correlation_id: Some(msg.correlation_id.clone()),
                 headers,
+                ..msg.outgoing()
             };
             match publish(p, Route::Work, out).await {
                 Ok(()) => done.push(msg.id),

@@ -27,7 +27,7 @@ pub enum ConsumerMessage {
     Pause(RpcReplyPort<bool>),
     /// Consume again: a new consumer on the kept connection. Answers whether it was paused;
     /// if the consumer cannot be opened the actor fails (and its restart consumes).
-    Resume(RpcReplyPort<Result<bool, String>>),
+    Resume(RpcReplyPort<Result<bool, PipelineError>>),
 }
 
 /// Consumes the work queue on its own channel and starts one worker per delivery. Its
@@ -241,8 +241,9 @@ impl Actor for ConsumerWorker {
                         Ok(())
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(e.to_string()));
-                        Err(format!("could not resume consuming: {e}").into())
+                        let why = format!("could not resume consuming: {e}");
+                        let _ = reply.send(Err(e));
+                        Err(why.into())
                     }
                 }
             }

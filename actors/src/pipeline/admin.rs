@@ -1,0 +1,269 @@
+//! Typed operator calls on the running pipeline, for the HTTP API (and anything else that
+//! drives it): each reaches the actors it needs, holds the operator policy (pause by the
+//! switch while the consumer restarts, the re-drive reservation, why a retry found nothing),
+//! and answers with a typed result. Callers map results to status codes; they never speak
+//! an actor's protocol themselves.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::broker::Route;
+use crate::message::OutboundMessage;
+use crate::pipeline::Pipeline;
+use crate::pipeline::broker::connection::broker_of;
+use crate::pipeline::broker::consumer::ConsumerMessage;
+use crate::pipeline::broker::publisher::publish;
+use crate::pipeline::ops::{RedriveRefused, RedriveStatus};
+use crate::pipeline::scheduler::SchedulerMessage;
+use crate::pipeline::store_worker::store_of;
+use crate::store::{MessageRecord, MessageStatus};
+
+/// How long an operator call waits for the actors it reaches.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why an operator call did not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// A collaborator is not there or did not answer (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// No message of that id (404).
+    #[error("no message {0}")]
+    NoSuchMessage(Uuid),
+    /// The message is not in a state the call applies to (404).
+    #[error("message {id} is {status}, not failed: only failed messages are retried")]
+    NotFailed { id: Uuid, status: MessageStatus },
+    /// An id (or Idempotency-Key) already used for another payload (422).
+    #[error("message {0} exists with another payload")]
+    IdReused(Uuid),
+    /// A re-drive is running or the last one is too recent (429).
+    #[error("{why}")]
+    RedriveRefused { why: String, retry_after_ms: u64 },
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> AdminError {
+    AdminError::Unavailable(format!("{what}: {e}"))
+}
+
+/// What became of a submission.
+#[derive(Debug)]
+pub enum Intake {
+    /// Published to the work queue (confirmed).
+    Accepted,
+    /// The same payload under the same id is known already: nothing published.
+    Duplicate(Box<MessageRecord>),
+}
+
+/// Submit a parsed message. `may_repeat`: its id is the caller's (an id or an
+/// Idempotency-Key), so it may be a retry of an earlier submission; the store is asked first.
+pub async fn submit(
+    p: &Pipeline,
+    msg: &OutboundMessage,
+    may_repeat: bool,
+) -> Result<Intake, AdminError> {
+    if may_repeat {
+        match find(p, msg.id).await? {
+            Some(rec) if rec.message().is_some_and(|m| m.same_payload(msg)) => {
+                return Ok(Intake::Duplicate(Box::new(rec)));
+            }
+            Some(_) => return Err(AdminError::IdReused(msg.id)),
+            None => {}
+        }
+    }
+    publish(p, Route::Work, msg.outgoing())
+        .await
+        .map_err(|e| unavailable("not accepted", e))?;
+    Ok(Intake::Accepted)
+}
+
+/// A message's stored record, if there is one.
+pub async fn find(p: &Pipeline, id: Uuid) -> Result<Option<MessageRecord>, AdminError> {
+    let found = tokio::time::timeout(ADMIN_TIMEOUT, async {
+        let store = store_of(p).await.map_err(|e| e.to_string())?;
+        store.get(id).await.map_err(|e| e.to_string())
+    })
+    .await;
+    match found {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(unavailable("the store", e)),
+        Err(_) => Err(AdminError::Unavailable(
+            "the store did not answer in time".into(),
+        )),
+    }
+}
+
+/// Put a failed message back into play (through the scheduler).
+pub async fn retry(p: &Pipeline, id: Uuid) -> Result<(), AdminError> {
+    let scheduler = p
+        .scheduler()
+        .map_err(|e| AdminError::Unavailable(e.to_string()))?;
+    let answer = ractor::call_t!(
+        scheduler,
+        |reply| SchedulerMessage::Retry { id, reply },
+        ADMIN_TIMEOUT.as_millis() as u64
+    );
+    match answer {
+        Ok(Ok(true)) => {
+            tracing::warn!(%id, "failed message put back into play on operator request");
+            Ok(())
+        }
+        Ok(Ok(false)) => {
+            // Say why, if the store answers quickly.
+            let status = tokio::time::timeout(Duration::from_secs(2), async {
+                store_of(p).await.ok()?.get(id).await.ok().flatten()
+            })
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.status);
+            Err(match status {
+                Some(status) => AdminError::NotFailed { id, status },
+                None => AdminError::NoSuchMessage(id),
+            })
+        }
+        Ok(Err(e)) => Err(unavailable("retry failed", e)),
+        Err(e) => Err(unavailable("the scheduler did not answer", e)),
+    }
+}
+
+/// The failed queue as a re-drive would find it.
+#[derive(Debug, Clone)]
+pub struct FailedQueue {
+    pub queue: String,
+    pub depth: u32,
+    pub consumers: u32,
+    pub redrive: RedriveStatus,
+}
+
+/// Read the failed queue's depth (a dry run of a re-drive: nothing moves).
+pub async fn failed_queue(p: &Pipeline) -> Result<FailedQueue, AdminError> {
+    let queue = p.config.broker.failed_queue.clone();
+    let stats = tokio::time::timeout(ADMIN_TIMEOUT, async {
+        let broker = broker_of(p).await.map_err(|e| e.to_string())?;
+        broker.queue_stats(&queue).await.map_err(|e| e.to_string())
+    })
+    .await;
+    match stats {
+        Ok(Ok(s)) => Ok(FailedQueue {
+            queue,
+            depth: s.ready,
+            consumers: s.consumers,
+            redrive: p.ops.redrive_status(),
+        }),
+        Ok(Err(e)) => Err(unavailable("the broker", e)),
+        Err(_) => Err(AdminError::Unavailable(
+            "the broker did not answer in time".into(),
+        )),
+    }
+}
+
+/// A re-drive that was started.
+#[derive(Debug, Clone)]
+pub struct Redriving {
+    pub queue: String,
+    /// The failed queue's depth at its last sample, if there is one.
+    pub depth_last_sampled: Option<u32>,
+}
+
+/// Start a re-drive of the failed queue, at most one at a time and one per `cooldown_ms`.
+pub fn redrive(p: &Pipeline, cooldown_ms: u64) -> Result<Redriving, AdminError> {
+    let previous = p
+        .ops
+        .reserve_redrive(p.clock.now_ms(), cooldown_ms)
+        .map_err(|refused| match refused {
+            RedriveRefused::Running => AdminError::RedriveRefused {
+                why: "a re-drive is running".into(),
+                retry_after_ms: 1_000,
+            },
+            RedriveRefused::TooSoon { retry_after_ms } => AdminError::RedriveRefused {
+                why: format!(
+                    "the last re-drive started less than {cooldown_ms} ms ago \
+                     (admin.redrive_cooldown_ms)"
+                ),
+                retry_after_ms,
+            },
+        })?;
+    let sent = p.scheduler().map_err(|e| e.to_string()).and_then(|s| {
+        s.send_message(SchedulerMessage::Redrive)
+            .map_err(|e| e.to_string())
+    });
+    if let Err(e) = sent {
+        p.ops.cancel_redrive(previous);
+        return Err(unavailable("the scheduler", e));
+    }
+    let queue = p.config.broker.failed_queue.clone();
+    tracing::warn!(%queue, "failed queue re-drive requested by an operator");
+    let depth_last_sampled = p.ops.queues().get(&queue).map(|s| s.ready);
+    Ok(Redriving {
+        queue,
+        depth_last_sampled,
+    })
+}
+
+/// Consumption after a pause or resume.
+#[derive(Debug, Clone)]
+pub struct Consumption {
+    pub paused: bool,
+    pub was_paused: bool,
+    /// Set when the consumer was restarting: the switch is set, and its next incarnation
+    /// follows it.
+    pub by_switch: Option<String>,
+}
+
+/// Stop taking deliveries; messages stay in the queue.
+pub async fn pause(p: &Pipeline) -> Result<Consumption, AdminError> {
+    let consumer = match p.consumer() {
+        Ok(c) => c,
+        Err(e) => {
+            let was_paused = p.ops.set_consumption_paused(true);
+            return Ok(Consumption {
+                paused: true,
+                was_paused,
+                by_switch: Some(e.to_string()),
+            });
+        }
+    };
+    match ractor::call_t!(
+        consumer,
+        ConsumerMessage::Pause,
+        ADMIN_TIMEOUT.as_millis() as u64
+    ) {
+        Ok(was_consuming) => Ok(Consumption {
+            paused: true,
+            was_paused: !was_consuming,
+            by_switch: None,
+        }),
+        Err(e) => Err(unavailable("the consumer did not answer", e)),
+    }
+}
+
+/// Consume again.
+pub async fn resume(p: &Pipeline) -> Result<Consumption, AdminError> {
+    let consumer = match p.consumer() {
+        Ok(c) => c,
+        Err(e) => {
+            let was_paused = p.ops.set_consumption_paused(false);
+            return Ok(Consumption {
+                paused: false,
+                was_paused,
+                by_switch: Some(e.to_string()),
+            });
+        }
+    };
+    match ractor::call_t!(
+        consumer,
+        ConsumerMessage::Resume,
+        ADMIN_TIMEOUT.as_millis() as u64
+    ) {
+        Ok(Ok(was_paused)) => Ok(Consumption {
+            paused: false,
+            was_paused,
+            by_switch: None,
+        }),
+        Ok(Err(e)) => Err(AdminError::Unavailable(format!(
+            "could not resume: {e} (the consumer restarts and consumes)"
+        ))),
+        Err(e) => Err(unavailable("the consumer did not answer", e)),
+    }
+}
