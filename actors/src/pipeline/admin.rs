@@ -4,19 +4,20 @@
 //! and answers with a typed result. Callers map results to status codes; they never speak
 //! an actor's protocol themselves.
 
+use std::future::Future;
 use std::time::Duration;
 
 use uuid::Uuid;
 
 use crate::broker::Route;
 use crate::message::OutboundMessage;
-use crate::pipeline::Pipeline;
 use crate::pipeline::broker::connection::broker_of;
 use crate::pipeline::broker::consumer::ConsumerMessage;
 use crate::pipeline::broker::publisher::publish;
 use crate::pipeline::ops::{RedriveRefused, RedriveStatus};
 use crate::pipeline::scheduler::SchedulerMessage;
 use crate::pipeline::store_worker::store_of;
+use crate::pipeline::{Pipeline, PipelineError};
 use crate::store::{MessageRecord, MessageStatus};
 
 /// How long an operator call waits for the actors it reaches.
@@ -44,6 +45,33 @@ pub enum AdminError {
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> AdminError {
     AdminError::Unavailable(format!("{what}: {e}"))
+}
+
+/// Ask `what` (the store, the broker) within `limit`: an error or silence is `Unavailable`.
+async fn within<T>(
+    what: &str,
+    limit: Duration,
+    ask: impl Future<Output = Result<T, String>>,
+) -> Result<T, AdminError> {
+    match tokio::time::timeout(limit, ask).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(unavailable(what, e)),
+        Err(_) => Err(AdminError::Unavailable(format!(
+            "{what} did not answer in time"
+        ))),
+    }
+}
+
+async fn stored(
+    p: &Pipeline,
+    id: Uuid,
+    limit: Duration,
+) -> Result<Option<MessageRecord>, AdminError> {
+    within("the store", limit, async {
+        let store = store_of(p).await.map_err(|e| e.to_string())?;
+        store.get(id).await.map_err(|e| e.to_string())
+    })
+    .await
 }
 
 /// What became of a submission.
@@ -79,18 +107,7 @@ pub async fn submit(
 
 /// A message's stored record, if there is one.
 pub async fn find(p: &Pipeline, id: Uuid) -> Result<Option<MessageRecord>, AdminError> {
-    let found = tokio::time::timeout(ADMIN_TIMEOUT, async {
-        let store = store_of(p).await.map_err(|e| e.to_string())?;
-        store.get(id).await.map_err(|e| e.to_string())
-    })
-    .await;
-    match found {
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => Err(unavailable("the store", e)),
-        Err(_) => Err(AdminError::Unavailable(
-            "the store did not answer in time".into(),
-        )),
-    }
+    stored(p, id, ADMIN_TIMEOUT).await
 }
 
 /// Put a failed message back into play (through the scheduler).
@@ -110,14 +127,8 @@ pub async fn retry(p: &Pipeline, id: Uuid) -> Result<(), AdminError> {
         }
         Ok(Ok(false)) => {
             // Say why, if the store answers quickly.
-            let status = tokio::time::timeout(Duration::from_secs(2), async {
-                store_of(p).await.ok()?.get(id).await.ok().flatten()
-            })
-            .await
-            .ok()
-            .flatten()
-            .map(|r| r.status);
-            Err(match status {
+            let status = stored(p, id, Duration::from_secs(2)).await.ok().flatten();
+            Err(match status.map(|r| r.status) {
                 Some(status) => AdminError::NotFailed { id, status },
                 None => AdminError::NoSuchMessage(id),
             })
@@ -139,23 +150,17 @@ pub struct FailedQueue {
 /// Read the failed queue's depth (a dry run of a re-drive: nothing moves).
 pub async fn failed_queue(p: &Pipeline) -> Result<FailedQueue, AdminError> {
     let queue = p.config.broker.failed_queue.clone();
-    let stats = tokio::time::timeout(ADMIN_TIMEOUT, async {
+    let s = within("the broker", ADMIN_TIMEOUT, async {
         let broker = broker_of(p).await.map_err(|e| e.to_string())?;
         broker.queue_stats(&queue).await.map_err(|e| e.to_string())
     })
-    .await;
-    match stats {
-        Ok(Ok(s)) => Ok(FailedQueue {
-            queue,
-            depth: s.ready,
-            consumers: s.consumers,
-            redrive: p.ops.redrive_status(),
-        }),
-        Ok(Err(e)) => Err(unavailable("the broker", e)),
-        Err(_) => Err(AdminError::Unavailable(
-            "the broker did not answer in time".into(),
-        )),
-    }
+    .await?;
+    Ok(FailedQueue {
+        queue,
+        depth: s.ready,
+        consumers: s.consumers,
+        redrive: p.ops.redrive_status(),
+    })
 }
 
 /// A re-drive that was started.
@@ -211,18 +216,20 @@ pub struct Consumption {
     pub by_switch: Option<String>,
 }
 
+/// The consumer is restarting: set the switch its next incarnation reads.
+fn by_switch(p: &Pipeline, paused: bool, why: PipelineError) -> Consumption {
+    Consumption {
+        paused,
+        was_paused: p.ops.set_consumption_paused(paused),
+        by_switch: Some(why.to_string()),
+    }
+}
+
 /// Stop taking deliveries; messages stay in the queue.
 pub async fn pause(p: &Pipeline) -> Result<Consumption, AdminError> {
     let consumer = match p.consumer() {
         Ok(c) => c,
-        Err(e) => {
-            let was_paused = p.ops.set_consumption_paused(true);
-            return Ok(Consumption {
-                paused: true,
-                was_paused,
-                by_switch: Some(e.to_string()),
-            });
-        }
+        Err(e) => return Ok(by_switch(p, true, e)),
     };
     match ractor::call_t!(
         consumer,
@@ -242,14 +249,7 @@ pub async fn pause(p: &Pipeline) -> Result<Consumption, AdminError> {
 pub async fn resume(p: &Pipeline) -> Result<Consumption, AdminError> {
     let consumer = match p.consumer() {
         Ok(c) => c,
-        Err(e) => {
-            let was_paused = p.ops.set_consumption_paused(false);
-            return Ok(Consumption {
-                paused: false,
-                was_paused,
-                by_switch: Some(e.to_string()),
-            });
-        }
+        Err(e) => return Ok(by_switch(p, false, e)),
     };
     match ractor::call_t!(
         consumer,
