@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use drover_actors::store::MessageStatus;
 use support::{
-    PrivateRabbit, TestEnv, assert_all_sent_once_but_cut_off, count, recipient, wait_counts,
+    PrivateRabbit, TestEnv, TestPublisher, assert_all_sent_once_but_cut_off, count, wait_counts,
     wait_mid_load,
 };
 use uuid::Uuid;
@@ -25,28 +25,18 @@ async fn a_rabbitmq_crash_and_restart_with_messages_queued_and_in_flight_loses_n
     env.provider.set_latency(200, 400);
     let prefetch = usize::from(env.config.broker.prefetch);
     let app = env.start().await;
-    let publisher = env.broker("drover-test-durability").await;
-    let publisher = publisher.publisher().await.expect("a publisher");
-    const N: usize = 400;
-    let mut ids = Vec::with_capacity(N);
-    for i in 0..N {
-        let id = Uuid::new_v4();
-        publisher
-            .publish(
-                drover_actors::broker::Route::Work,
-                drover_actors::broker::Outgoing::new(support::sms(
-                    id,
-                    &recipient(i),
-                    &format!("durable {i}"),
-                    &format!("corr-{i}"),
-                ))
-                .with_message_id(id.to_string()),
-            )
-            .await
-            .expect("confirmed");
-        ids.push(id);
-    }
-    drop(publisher);
+    let broker = env.broker("drover-test-durability").await;
+    let publisher = TestPublisher {
+        publisher: broker.publisher().await.expect("a publisher"),
+        broker,
+    };
+    // 1,000 at prefetch 32 and 200-400 ms a call take about 9 s; the kill follows the first
+    // 100. Published concurrently: one confirm at a time (a disk sync each on the node), the
+    // load was consumed as fast as it was published and 400 were all sent before the kill.
+    const N: usize = 1_000;
+    let ids: Vec<Uuid> = (0..N).map(|_| Uuid::new_v4()).collect();
+    publisher.publish_load(&ids).await;
+    publisher.close().await;
     let store = env.store().await;
     wait_mid_load(&store, N).await;
     rabbit.kill().await;

@@ -31,7 +31,7 @@ use drover_actors::store::{MessageStatus, OutcomeKind, Store};
 use drover_actors::supervisor::SplitMix64;
 use drover_actors::tree::{EventKind, TreeEvent};
 use futures::StreamExt;
-use support::{Rule, TestEnv, count, recipient, terminal, wait_counts};
+use support::{Rule, TestEnv, count, terminal, wait_counts};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -69,23 +69,7 @@ async fn publish_load(env: &TestEnv, n: usize) -> Vec<Uuid> {
     for id in ids.iter().step_by(TRANSIENT_EVERY) {
         env.provider.set_for_id(*id, Rule::fail_first(1));
     }
-    futures::stream::iter(ids.iter().enumerate())
-        .map(|(i, id)| {
-            let publisher = &publisher;
-            async move {
-                publisher
-                    .publish_sms(
-                        *id,
-                        &recipient(i),
-                        &format!("load message {i}"),
-                        &format!("load-{i}"),
-                    )
-                    .await
-            }
-        })
-        .buffer_unordered(64)
-        .collect::<Vec<()>>()
-        .await;
+    publisher.publish_load(&ids).await;
     publisher.close().await;
     ids
 }

@@ -60,13 +60,13 @@ async fn startup_check_exits_3_naming_the_broker_when_rabbitmq_is_down() {
 async fn sigterm_during_load_exits_0_and_loses_nothing() {
     let mut env = TestEnv::new().await;
     // Slow enough that the load outlasts the stop on a quiet machine: at prefetch 32 and
-    // 200-400 ms a call, 400 messages take about 4 s, and the SIGTERM follows the first 40
-    // (about 0.4 s in). At 5-20 ms all 400 were sometimes sent before the signal landed.
+    // 200-400 ms a call, 1,000 messages take about 9 s, and the SIGTERM follows the first 100
+    // (about 1 s in). At 5-20 ms all 400 were sometimes sent before the signal landed.
     env.provider.set_latency(200, 400);
     env.config.startup.check = true;
     let (mut child, dir) = spawn_binary(&env);
     let publisher = env.publisher().await;
-    const N: usize = 400;
+    const N: usize = 1_000;
     let ids = publish_load(&publisher, N).await;
     let store = env.store().await;
     // Mid-load: some sent, not all.
@@ -158,19 +158,8 @@ async fn sigterm_during_load_exits_0_and_loses_nothing() {
 
 /// Publish `n` messages to distinct recipients; their ids.
 async fn publish_load(publisher: &TestPublisher, n: usize) -> Vec<Uuid> {
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        let id = Uuid::new_v4();
-        publisher
-            .publish_sms(
-                id,
-                &recipient(i),
-                &format!("load {i}"),
-                &format!("corr-{i}"),
-            )
-            .await;
-        ids.push(id);
-    }
+    let ids: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
+    publisher.publish_load(&ids).await;
     ids
 }
 
@@ -253,7 +242,7 @@ async fn sigkill_during_load_and_a_restart_lose_nothing() {
     let prefetch = usize::from(env.config.broker.prefetch);
     let (mut child, dir) = spawn_binary(&env);
     let publisher = env.publisher().await;
-    const N: usize = 400;
+    const N: usize = 1_000;
     let ids = publish_load(&publisher, N).await;
     let store = env.store().await;
     wait_mid_load(&store, N).await;
