@@ -40,7 +40,7 @@ use drover_actors::pipeline::Pipeline;
 use drover_actors::pipeline::admin::{self, AdminError, Consumption, Intake};
 use drover_actors::pipeline::ops::circuit_level;
 use drover_actors::provider::CircuitState;
-use drover_actors::tree::{LookupError, NodeSnapshot, NodeStatus, Tree, TreeSnapshot};
+use drover_actors::tree::{LookupError, NodeStatus, Tree, TreeSnapshot};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -294,7 +294,7 @@ async fn status(
     match q.format.as_deref() {
         Some("text") => (
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            render_text(&snap),
+            crate::tree_text::render(&crate::tree_text::from_server(&snap), false),
         )
             .into_response(),
         Some("json") | None => axum::Json(snap).into_response(),
@@ -845,49 +845,4 @@ async fn resume(State(app): State<AppState>, headers: HeaderMap) -> Response {
         Err(r) => return r.into_response(),
     };
     consumption(admin::resume(p).await)
-}
-
-/// The tree as indented text, one node a line.
-pub fn render_text(snap: &TreeSnapshot) -> String {
-    fn line(out: &mut String, n: &NodeSnapshot, prefix: &str, last: bool, root: bool) {
-        let branch = if root {
-            ""
-        } else if last {
-            "└── "
-        } else {
-            "├── "
-        };
-        let mut extra = String::new();
-        if let Some(s) = &n.supervisor {
-            let _ = write!(
-                extra,
-                " {:?} {}/{} in {}ms",
-                s.strategy, s.window_used, s.max_restarts, s.period_ms
-            );
-        }
-        if let Some(ms) = n.next_restart_in_ms {
-            let _ = write!(extra, " next restart in {ms}ms");
-        }
-        if let Some(e) = n.last_exits.last() {
-            let _ = write!(extra, " last exit: {:?} ({})", e.class, e.reason);
-        }
-        let _ = writeln!(
-            out,
-            "{prefix}{branch}{} [{:?} {:?}] gen {} restarts {}{}",
-            n.name, n.kind, n.status, n.generation, n.restarts, extra
-        );
-        let child_prefix = if root {
-            String::new()
-        } else {
-            format!("{prefix}{}", if last { "    " } else { "│   " })
-        };
-        for (i, c) in n.children.iter().enumerate() {
-            line(out, c, &child_prefix, i + 1 == n.children.len(), false);
-        }
-    }
-    let mut out = String::new();
-    for r in &snap.roots {
-        line(&mut out, r, "", true, true);
-    }
-    out
 }

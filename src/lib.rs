@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod responses;
 pub mod telemetry;
+pub mod tree_text;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -100,7 +100,7 @@ async fn status_returns_the_live_tree_as_json_and_text() {
     assert_eq!(code, StatusCode::OK);
     let text = body.as_str().unwrap();
     assert!(
-        text.contains("└── demo") && text.contains("ticker [Worker Running]"),
+        text.contains("└── demo") && text.contains("ticker [worker] running gen 1"),
         "{text}"
     );
     let (code, _) = call(&r, "GET", "/status?format=yaml", None).await;
