@@ -97,6 +97,7 @@ impl Config {
             delivery: self.delivery.clone(),
             scheduler: self.scheduler.clone(),
             alerts: self.alerts.clone(),
+            queue_sample_ms: self.http.queue_sample_ms,
         }
     }
 

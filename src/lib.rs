@@ -26,7 +26,6 @@ use std::time::Duration;
 use drover_actors::broker::{Broker, MemoryBroker};
 use drover_actors::clock::Clock;
 use drover_actors::pipeline::alerts;
-use drover_actors::pipeline::monitor::sample_queues;
 use drover_actors::pipeline::ops::Ops;
 use drover_actors::pipeline::{Pipeline, pipeline_children};
 use drover_actors::provider::Provider;
@@ -87,7 +86,6 @@ pub struct App {
     http_task: JoinHandle<std::io::Result<()>>,
     /// Samples the queue depths for `/metrics` (none without the pipeline); stops when the
     /// app is dropped or has served.
-    _sampler: Option<AbortOnDrop>,
     /// `[pipeline] enabled`: the endpoint serves the pipeline's routes.
     pipeline_enabled: bool,
 }
@@ -189,10 +187,6 @@ pub async fn start(config: Config) -> Result<App, RunError> {
             })
             .await
     });
-    let sampler = config
-        .pipeline
-        .enabled
-        .then(|| spawn_queue_sampler(pipeline.clone(), config.http.queue_sample_ms));
     tracing::info!(%addr, "drover is up; GET /status shows the tree");
     Ok(App {
         addr,
@@ -206,37 +200,7 @@ pub async fn start(config: Config) -> Result<App, RunError> {
         root_done,
         http_stop,
         http_task,
-        _sampler: sampler.map(AbortOnDrop),
         pipeline_enabled: config.pipeline.enabled,
-    })
-}
-
-/// A background task that ends with its owner.
-#[derive(Debug)]
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Every `every_ms`, cache the queues' depths for `/metrics` (which never queries the broker
-/// itself). A failed sample keeps the previous values.
-fn spawn_queue_sampler(p: Pipeline, every_ms: u64) -> JoinHandle<()> {
-    let every = Duration::from_millis(every_ms.max(100));
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let bound = every.max(Duration::from_secs(5));
-            match tokio::time::timeout(bound, sample_queues(&p)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(error = %e, "queue depth not sampled"),
-                Err(_) => tracing::debug!("queue depth sample timed out"),
-            }
-        }
     })
 }
 

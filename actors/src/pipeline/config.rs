@@ -107,6 +107,9 @@ pub struct PipelineConfig {
     pub delivery: DeliveryConfig,
     pub scheduler: SchedulerConfig,
     pub alerts: AlertConfig,
+    /// How often the monitor caches the queues' depths for `/metrics` (`http.queue_sample_ms`;
+    /// 0 means the 100 ms floor).
+    pub queue_sample_ms: u64,
 }
 
 #[cfg(test)]

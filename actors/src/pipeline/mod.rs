@@ -12,7 +12,7 @@
 //! │   └── workers     Supervisor (one_for_one, dynamic)       broker/mod.rs
 //! │       └── delivery-N  DeliveryWorker (temporary)          delivery.rs, decide.rs
 //! ├── scheduler   SchedulerWorker  scheduler.rs        republishes due retries from the database
-//! └── monitor     MonitorWorker    monitor.rs          samples the work queue; alerts on a backlog
+//! └── monitor     MonitorWorker    monitor.rs          caches queue depths; alerts on a backlog
 //! ```
 //!
 //! `alerts` starts first so every other actor can raise an alert ([`alerts::raise`]); it also

@@ -1,4 +1,9 @@
-//! `MonitorWorker`: watches the work queue for a backlog.
+//! `MonitorWorker`: watches the work queue for a backlog, and keeps the queues' depths that
+//! `/metrics` and the probes read (a scrape never queries the broker itself).
+//!
+//! Every `queue_sample_ms` (`http.queue_sample_ms`) it caches the three queues' counters in
+//! `Pipeline::ops`; a failed sample keeps the previous values. Both timers live in this one
+//! supervised actor, so a sampler that hangs or dies is restarted like any other child.
 //!
 //! Every `[alerts] sample_ms` it samples the work queue's depth and consumers (the cached
 //! sample in `Pipeline::ops` when it is fresh, else `queue_stats` from the broker) and the
@@ -71,9 +76,12 @@ pub fn push_sample(window: &mut VecDeque<Sample>, s: Sample, window_ms: u64) {
 /// Messages of [`MonitorWorker`].
 #[derive(Debug)]
 pub enum MonitorMessage {
-    /// Internal: take a sample.
+    /// Internal: take a backlog sample.
     #[doc(hidden)]
     Tick,
+    /// Internal: cache the queues' depths.
+    #[doc(hidden)]
+    SampleQueues,
 }
 
 /// The monitor actor.
@@ -119,6 +127,7 @@ impl Actor for MonitorWorker {
         myself: ActorRef<Self::Msg>,
         p: Pipeline,
     ) -> Result<Self::State, ActorProcessingErr> {
+        myself.send_message(MonitorMessage::SampleQueues)?;
         myself.send_message(MonitorMessage::Tick)?;
         Ok(MonitorState {
             p,
@@ -132,7 +141,26 @@ impl Actor for MonitorWorker {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let MonitorMessage::Tick = msg;
+        match msg {
+            MonitorMessage::Tick => backlog_tick(&myself, state).await,
+            MonitorMessage::SampleQueues => {
+                let every = Duration::from_millis(state.p.config.queue_sample_ms.max(100));
+                let bound = every.max(Duration::from_secs(5));
+                match tokio::time::timeout(bound, sample_queues(&state.p)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(error = %e, "queue depth not sampled"),
+                    Err(_) => tracing::debug!("queue depth sample timed out"),
+                }
+                myself.send_after(every, || MonitorMessage::SampleQueues);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One backlog sample and its verdict; schedules the next.
+async fn backlog_tick(myself: &ActorRef<MonitorMessage>, state: &mut MonitorState) {
+    {
         let c = &state.p.config.alerts;
         let (every_ms, window_ms) = (c.sample_ms.max(10), c.backlog_window_ms);
         let bound = Duration::from_millis(every_ms).max(Duration::from_secs(5));
@@ -176,12 +204,11 @@ impl Actor for MonitorWorker {
             Err(_) => tracing::debug!("work queue sample timed out"),
         }
         myself.send_after(Duration::from_millis(every_ms), || MonitorMessage::Tick);
-        Ok(())
     }
 }
 
-/// Sample the three queues' counters into the cache (the queue sampler calls this every few
-/// seconds; readers never do).
+/// Sample the three queues' counters into the cache (the monitor does this every
+/// `queue_sample_ms`; readers never do).
 pub async fn sample_queues(p: &Pipeline) -> Result<(), PipelineError> {
     let broker = broker_of(p).await?;
     for route in Route::ALL {
