@@ -5,6 +5,10 @@ use crate::pipeline::provider_worker::SendResult;
 use crate::provider::SendOutcome;
 use crate::store::AttemptOutcome;
 
+/// What to record for an attempt, and (class, error) when the message goes to the failed
+/// queue.
+pub type Decision = (AttemptOutcome, Option<(&'static str, String)>);
+
 /// What to record for a send result, and whether (with which class and error) the message
 /// goes to the failed queue. `retry_at` gives the next attempt's due time.
 pub fn decide(
@@ -12,7 +16,7 @@ pub fn decide(
     attempt: u32,
     max_attempts: u32,
     mut retry_at: impl FnMut() -> i64,
-) -> (AttemptOutcome, Option<(&'static str, String)>) {
+) -> Decision {
     match sent {
         SendResult::CircuitOpen { retry_at_ms } => (
             AttemptOutcome::Deferred {

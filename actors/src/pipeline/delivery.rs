@@ -16,7 +16,7 @@ use crate::broker::{Delivery, Outgoing, Route};
 use crate::message::{Envelope, Invalid, OutboundMessage, parse};
 use crate::pipeline::alerts::{Alert, AlertKind, raise};
 use crate::pipeline::broker::publisher::publish;
-use crate::pipeline::decide::decide;
+use crate::pipeline::decide::{Decision, decide};
 use crate::pipeline::poison::{PanicWatch, PoisonKey, Poisoned, counts_against_message};
 use crate::pipeline::provider_worker::{ProviderMessage, SendResult};
 use crate::pipeline::scheduler::SchedulerMessage;
@@ -194,20 +194,48 @@ async fn paced<T>(r: Result<T, PipelineError>) -> Result<T, PipelineError> {
     r
 }
 
+/// A delivery in three steps: admit it (or settle it without a call), call the provider and
+/// [`decide`] what its answer means, then apply that decision.
 async fn process(state: &mut DeliveryState, key: PoisonKey) -> Result<(), PipelineError> {
     let p = state.p.clone();
     let store = paced(store_of(&p).await).await?;
-    if let Some(poisoned) = p.ops.poison.due(key, p.config.delivery.max_worker_failures) {
-        quarantine(&p, &store, &mut state.delivery, poisoned).await?;
-        p.ops.poison.clear(key);
+    let Some(admitted) = admit(&p, &store, &mut state.delivery, key).await? else {
         return Ok(());
+    };
+    let decision = call_and_decide(&p, &admitted).await?;
+    apply(&p, &store, &mut state.delivery, &admitted, decision).await
+}
+
+/// A message admitted for a provider call.
+struct Admitted {
+    msg: OutboundMessage,
+    attempt: u32,
+    /// When the sending lease was stamped (before the admission's commit).
+    at_ms: i64,
+    provider: ActorRef<ProviderMessage>,
+}
+
+/// Parse and admit the delivery. `None`: it was settled without a provider call (set aside,
+/// quarantined, already sent / failed / invalid, in flight elsewhere, a conflicting id).
+async fn admit(
+    p: &Pipeline,
+    store: &Store,
+    delivery: &mut Delivery,
+    key: PoisonKey,
+) -> Result<Option<Admitted>, PipelineError> {
+    if let Some(poisoned) = p.ops.poison.due(key, p.config.delivery.max_worker_failures) {
+        quarantine(p, store, delivery, poisoned).await?;
+        p.ops.poison.clear(key);
+        return Ok(None);
     }
-    let env = envelope(&state.delivery);
-    let msg = match parse(&state.delivery.body, &env, &p.config.message) {
+    let env = envelope(delivery);
+    let msg = match parse(&delivery.body, &env, &p.config.message) {
         Ok(m) => m,
         Err(invalid) => {
-            let id = crate::message::salvage_id(&state.delivery.body, &env, &p.config.message);
-            return set_aside(&p, &store, &mut state.delivery, id, invalid).await;
+            let id = crate::message::salvage_id(&delivery.body, &env, &p.config.message);
+            return set_aside(p, store, delivery, id, invalid)
+                .await
+                .map(|()| None);
         }
     };
     let span = tracing::Span::current();
@@ -222,7 +250,7 @@ async fn process(state: &mut DeliveryState, key: PoisonKey) -> Result<(), Pipeli
     let admission = store
         .begin_attempt(&msg, now)
         .await
-        .map_err(|e| suspect(&p, e))?;
+        .map_err(|e| suspect(p, e))?;
     let attempt = match admission {
         Admission::Proceed {
             attempt,
@@ -238,7 +266,7 @@ async fn process(state: &mut DeliveryState, key: PoisonKey) -> Result<(), Pipeli
         }
         Admission::AlreadySent { .. } => {
             tracing::info!("already sent: acked without calling the provider again");
-            return ack(&mut state.delivery).await;
+            return ack(delivery).await.map(|()| None);
         }
         Admission::AlreadyFailed {
             last_error,
@@ -248,17 +276,17 @@ async fn process(state: &mut DeliveryState, key: PoisonKey) -> Result<(), Pipeli
             // the publish); a duplicate there is harmless. Its stored class goes with it, so a
             // re-drive never re-sends a permanent failure.
             publish_failed(
-                &p,
+                p,
                 &msg,
                 last_error_class.as_deref().unwrap_or("failed"),
                 last_error.as_deref().unwrap_or("failed"),
                 0,
             )
             .await?;
-            return ack(&mut state.delivery).await;
+            return ack(delivery).await.map(|()| None);
         }
         Admission::AlreadyInvalid | Admission::NotDue { .. } => {
-            return ack(&mut state.delivery).await;
+            return ack(delivery).await.map(|()| None);
         }
         Admission::InFlight { since } => {
             // Another delivery of this message is being sent right now (a republish raced
@@ -269,22 +297,33 @@ async fn process(state: &mut DeliveryState, key: PoisonKey) -> Result<(), Pipeli
                 "another attempt is in flight; delivery goes back to the queue"
             );
             tokio::time::sleep(IN_FLIGHT_PAUSE).await;
-            return state
-                .delivery
+            return delivery
                 .nack_requeue()
                 .await
+                .map(|()| None)
                 .map_err(PipelineError::from);
         }
         Admission::Conflict => {
             let invalid = Invalid::DuplicateId(msg.id);
-            return set_aside(&p, &store, &mut state.delivery, None, invalid).await;
+            return set_aside(p, store, delivery, None, invalid)
+                .await
+                .map(|()| None);
         }
     };
     span.record("attempt", attempt);
+    Ok(Some(Admitted {
+        msg,
+        attempt,
+        at_ms: now,
+        provider,
+    }))
+}
 
+/// Call the provider for an admitted message and decide what its answer means. An `Err` is a
+/// call that may have gone out unanswered: the supervisor sees it, the attempt stays
+/// `sending` and is recorded interrupted at the next admission.
+async fn call_and_decide(p: &Pipeline, a: &Admitted) -> Result<Decision, PipelineError> {
     let delivery_cfg = &p.config.delivery;
-    // The lease was stamped with `now`, before the admission's commit.
-    let admitted = now;
     let now = p.clock.now_ms();
     let given_back = |reason: &str| {
         (
@@ -295,70 +334,82 @@ async fn process(state: &mut DeliveryState, key: PoisonKey) -> Result<(), Pipeli
             None,
         )
     };
-    let (outcome, failed) = if !lease_allows_call(delivery_cfg, &p.config.provider, now - admitted)
-    {
+    if !lease_allows_call(delivery_cfg, &p.config.provider, now - a.at_ms) {
         // The admission took so long that the rest of the lease could not cover a provider
         // call: another delivery could be admitted while this one is still sending. Give the
         // attempt back instead (nothing was sent).
         tracing::warn!(
-            elapsed_ms = now - admitted,
+            elapsed_ms = now - a.at_ms,
             "admission took too long for the sending lease; attempt given back"
         );
-        given_back("admission outlasted the sending lease's slack; nothing was sent")
-    } else {
-        let timeout = p.config.provider.timeout_ms + PROVIDER_CALL_MARGIN_MS;
-        let called = tokio::time::Instant::now();
-        let call = provider
-            .call(
-                |reply| ProviderMessage::Send {
-                    msg: Box::new(msg.clone()),
-                    attempt,
-                    reply,
-                },
-                Some(std::time::Duration::from_millis(timeout)),
-            )
-            .await;
-        match call {
-            Ok(CallResult::Success(sent)) => {
-                if matches!(sent, SendResult::Done(_)) {
-                    p.ops.metrics.attempts.increment(1);
-                    p.ops
-                        .metrics
-                        .provider_latency
-                        .record(called.elapsed().as_secs_f64());
-                }
-                let now = p.clock.now_ms();
-                let mut rng = SplitMix64::new(msg.id.as_u128() as u64 ^ attempt as u64);
-                decide(sent, attempt, delivery_cfg.max_attempts, || {
-                    now + delivery_cfg.retry_delay(attempt, &mut rng).as_millis() as i64
-                })
+        return Ok(given_back(
+            "admission outlasted the sending lease's slack; nothing was sent",
+        ));
+    }
+    let (msg, attempt) = (&a.msg, a.attempt);
+    let timeout = p.config.provider.timeout_ms + PROVIDER_CALL_MARGIN_MS;
+    let called = tokio::time::Instant::now();
+    let call = a
+        .provider
+        .call(
+            |reply| ProviderMessage::Send {
+                msg: Box::new(msg.clone()),
+                attempt,
+                reply,
+            },
+            Some(std::time::Duration::from_millis(timeout)),
+        )
+        .await;
+    match call {
+        Ok(CallResult::Success(sent)) => {
+            if matches!(sent, SendResult::Done(_)) {
+                p.ops.metrics.attempts.increment(1);
+                p.ops
+                    .metrics
+                    .provider_latency
+                    .record(called.elapsed().as_secs_f64());
             }
-            // The request never reached the provider actor (it died between the lookup and
-            // the call): certainly nothing was sent.
-            Err(_) => {
-                tracing::info!("the provider actor had just stopped; attempt given back");
-                given_back("the provider actor was not running; nothing was sent")
-            }
-            Ok(CallResult::Timeout) => {
-                return Err(PipelineError::NoAnswer(
-                    "the provider",
-                    format!("no answer within {timeout} ms"),
-                ));
-            }
-            // It took the request and stopped before answering: the call may have gone out.
-            Ok(CallResult::SenderError) => {
-                return Err(PipelineError::NoAnswer(
-                    "the provider",
-                    "it stopped before answering".into(),
-                ));
-            }
+            let now = p.clock.now_ms();
+            let mut rng = SplitMix64::new(msg.id.as_u128() as u64 ^ attempt as u64);
+            Ok(decide(sent, attempt, delivery_cfg.max_attempts, || {
+                now + delivery_cfg.retry_delay(attempt, &mut rng).as_millis() as i64
+            }))
         }
-    };
+        // The request never reached the provider actor (it died between the lookup and the
+        // call): certainly nothing was sent.
+        Err(_) => {
+            tracing::info!("the provider actor had just stopped; attempt given back");
+            Ok(given_back(
+                "the provider actor was not running; nothing was sent",
+            ))
+        }
+        Ok(CallResult::Timeout) => Err(PipelineError::NoAnswer(
+            "the provider",
+            format!("no answer within {timeout} ms"),
+        )),
+        // It took the request and stopped before answering: the call may have gone out.
+        Ok(CallResult::SenderError) => Err(PipelineError::NoAnswer(
+            "the provider",
+            "it stopped before answering".into(),
+        )),
+    }
+}
+
+/// Apply a decision: commit the outcome, count it, wake the scheduler for a retry, move a
+/// failed message to the failed queue with its alert, and only then ack (ack after commit).
+async fn apply(
+    p: &Pipeline,
+    store: &Store,
+    delivery: &mut Delivery,
+    a: &Admitted,
+    (outcome, failed): Decision,
+) -> Result<(), PipelineError> {
+    let (msg, attempt) = (&a.msg, a.attempt);
     let now = p.clock.now_ms();
     store
         .record_outcome(msg.id, attempt, &outcome, now)
         .await
-        .map_err(|e| suspect(&p, e))?;
+        .map_err(|e| suspect(p, e))?;
     p.ops.metrics.outcome(outcome.kind()).increment(1);
     match &outcome {
         AttemptOutcome::Sent { .. } => tracing::info!("sent"),
@@ -380,9 +431,9 @@ async fn process(state: &mut DeliveryState, key: PoisonKey) -> Result<(), Pipeli
     }
     if let Some((class, error)) = failed {
         tracing::error!(alert = "dead_letter", error_class = class, %error, "message failed: moved to the failed queue");
-        publish_failed(&p, &msg, class, &error, attempt).await?;
+        publish_failed(p, msg, class, &error, attempt).await?;
         raise(
-            &p,
+            p,
             Alert {
                 kind: AlertKind::DeadLetter,
                 key: format!("dead_letter:{}", msg.id),
@@ -397,7 +448,7 @@ async fn process(state: &mut DeliveryState, key: PoisonKey) -> Result<(), Pipeli
             },
         );
     }
-    ack(&mut state.delivery).await
+    ack(delivery).await
 }
 
 async fn ack(d: &mut Delivery) -> Result<(), PipelineError> {
