@@ -184,7 +184,7 @@ fn report(f: &Failure) -> i32 {
     f.code
 }
 
-pub(crate) fn one_line(s: &str) -> String {
+fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 

@@ -7,8 +7,6 @@ use std::fmt::Write as _;
 
 use serde::Deserialize;
 
-use crate::cli::one_line;
-
 /// What the client reads of `GET /status` (the server's `TreeSnapshot`); lenient, so a newer
 /// server with more fields still renders.
 #[derive(Debug, Default, Deserialize)]
@@ -177,6 +175,11 @@ pub fn render(snap: &Snapshot, colour: bool) -> String {
         }
     }
     out
+}
+
+/// Whitespace runs (newlines too) as one space: a reason stays on its node's line.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The server's snapshot in the form the client reads: the same JSON, so both draw alike.
