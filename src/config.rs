@@ -13,8 +13,9 @@ use drover_actors::provider::ProviderConfig;
 use drover_actors::redact::redact_url;
 use drover_actors::store::StoreConfig;
 use drover_actors::supervisor::config::SupervisionConfig;
-use figment::Figment;
 use figment::providers::{Env, Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
 use crate::access::ApiConfig;
@@ -103,16 +104,13 @@ impl Config {
 
     /// Defaults < `file` (if given) < `DROVER_<SECTION>__<KEY>` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
-        if let Some(f) = file {
-            if !f.exists() {
-                return Err(ConfigError::MissingFile(f.display().to_string()));
-            }
-            fig = fig.merge(Toml::file(f));
+        if let Some(f) = file
+            && !f.exists()
+        {
+            return Err(ConfigError::MissingFile(f.display().to_string()));
         }
-        let config: Config = fig
-            .merge(env_provider())
-            .extract()
+        let config: Config = figment(file)
+            .extract_lossy()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         config.validate()?;
         Ok(config)
@@ -177,10 +175,65 @@ pub fn verbatim_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String,
 
 /// `DROVER_SECTION__KEY` variables only: a double underscore separates section and key, so
 /// unrelated `DROVER_*` variables (`DROVER_CONFIG_FILE`, test settings) are not config keys.
-fn env_provider() -> Env {
-    Env::prefixed("DROVER_")
-        .filter(|k| k.as_str().contains("__"))
-        .split("__")
+/// Defaults < `file` < the environment, not yet extracted.
+fn figment(file: Option<&Path>) -> Figment {
+    let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
+    if let Some(f) = file {
+        fig = fig.merge(Toml::file(f));
+    }
+    fig.merge(EnvText::new())
+}
+
+/// `DROVER_<SECTION>__<KEY>` variables, each value kept as the text it was unless it is
+/// structured (an array or a table). Figment's `Env` reads `+15550000000`, `0123`, `1e5` or
+/// `true` as numbers and booleans, which a string key then refuses ("invalid type"); kept as
+/// text, a string key takes it verbatim and a number or boolean key reads it through
+/// [`Figment::extract_lossy`].
+#[derive(Debug)]
+struct EnvText(Env);
+
+impl EnvText {
+    fn new() -> EnvText {
+        EnvText(
+            Env::prefixed("DROVER_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        )
+    }
+}
+
+impl Provider for EnvText {
+    fn metadata(&self) -> Metadata {
+        self.0.metadata()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (key, raw) in self.0.iter() {
+            let parsed: Value = raw.parse().expect("parsing a figment Value is infallible");
+            let value = match parsed {
+                Value::Array(..) | Value::Dict(..) => parsed,
+                _ => Value::from(raw),
+            };
+            let nested = figment::util::nest(key.as_str(), value)
+                .into_dict()
+                .expect("a non-empty key nests into a dict");
+            merge_into(&mut dict, nested);
+        }
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+/// `other`'s keys into `dict`, tables merged key by key (`DROVER_A__B` and `DROVER_A__C`).
+fn merge_into(dict: &mut Dict, other: Dict) {
+    for (key, value) in other {
+        match (dict.get_mut(&key), value) {
+            (Some(Value::Dict(_, mine)), Value::Dict(_, theirs)) => merge_into(mine, theirs),
+            (_, value) => {
+                dict.insert(key, value);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -225,6 +278,99 @@ mod tests {
             jail.set_env("DROVER_HTTP__BOGUS", "1");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("bogus"), "{err}");
+            Ok(())
+        });
+    }
+    /// The keys of `config/default.toml` whose value is a string, commented-out ones too
+    /// (`# from = "+15550000000"`), as dotted paths.
+    fn string_keys(toml_text: &str) -> Vec<String> {
+        let mut section = String::new();
+        let mut keys = Vec::new();
+        for line in toml_text.lines() {
+            let line = line.trim();
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.to_owned();
+                continue;
+            }
+            let line = line.trim_start_matches('#').trim_start();
+            let Some((key, value)) = line.split_once(" = ") else {
+                continue;
+            };
+            let is_key = !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if is_key && value.starts_with('"') && !section.is_empty() {
+                keys.push(format!("{section}.{key}"));
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    fn lookup<'a>(v: &'a toml::Value, dotted: &str) -> Option<&'a toml::Value> {
+        dotted.split('.').try_fold(v, |v, k| v.get(k))
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature
+    fn every_string_key_takes_numeric_looking_text_from_the_environment() {
+        let keys = string_keys(DEFAULT_TOML);
+        for must in [
+            "provider.twilio.from",
+            "admin.token",
+            "broker.url",
+            "store.url",
+        ] {
+            assert!(keys.iter().any(|k| k == must), "{must} in {keys:?}");
+        }
+        let mut taken = 0;
+        for value in ["+15550000000", "0123", "1e5", "true"] {
+            for key in &keys {
+                let var = format!("DROVER_{}", key.replace('.', "__").to_uppercase());
+                figment::Jail::expect_with(|jail| {
+                    jail.set_env(&var, value);
+                    match figment(None).extract_lossy::<Config>() {
+                        Ok(c) => {
+                            let shown = toml::Value::try_from(&c).expect("serializable");
+                            assert_eq!(
+                                lookup(&shown, key),
+                                Some(&toml::Value::String(value.into())),
+                                "{var}={value} is kept verbatim"
+                            );
+                            taken += 1;
+                        }
+                        // A key of another type (an address, a URL, a choice) may refuse the
+                        // text, but never as "not a string".
+                        Err(e) => assert!(
+                            !e.to_string().contains("invalid type"),
+                            "{var}={value}: {e}"
+                        ),
+                    }
+                    Ok(())
+                });
+            }
+        }
+        assert!(
+            taken >= 4 * 10,
+            "only {taken} key/value pairs were taken verbatim"
+        );
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature
+    fn numbers_and_booleans_still_read_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("DROVER_HTTP__QUEUE_SAMPLE_MS", "250");
+            jail.set_env("DROVER_SUPERVISION__BACKOFF__MULTIPLIER", "2.5");
+            jail.set_env("DROVER_ADMIN__ALLOW_DESTRUCTIVE_ACTIONS", "true");
+            jail.set_env("DROVER_PROVIDER__TWILIO__FROM", "+15550000000");
+            let c = Config::load(None).expect("loads");
+            assert_eq!(c.http.queue_sample_ms, 250);
+            assert_eq!(c.supervision.backoff.multiplier, 2.5);
+            assert!(c.admin.allow_destructive_actions);
+            assert_eq!(c.provider.twilio.from.as_deref(), Some("+15550000000"));
             Ok(())
         });
     }

@@ -90,39 +90,116 @@ pub struct App {
     pipeline_enabled: bool,
 }
 
-/// The startup system check: the database, the broker and the provider must answer within
-/// `startup.deadline_ms`, or drover refuses to start (exit code 3) naming which one and why.
+/// Check that the database, the broker and the provider answer before the tree starts. Each
+/// is tried again with backoff (100 ms doubling to 2 s, each failed try logged) until
+/// `startup.deadline_ms`: started together with its dependencies (compose, Kubernetes),
+/// drover waits for a broker still booting instead of exiting at the first refusal. The three
+/// are checked side by side; past the deadline, drover refuses to start (exit code 3) naming
+/// every one still unreachable and why.
 pub async fn preflight(config: &Config, memory: &MemoryBroker) -> Result<(), RunError> {
-    let deadline = Duration::from_millis(config.startup.deadline_ms);
-    let check = async {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(config.startup.deadline_ms);
+    let provider = Provider::from_config(&config.provider)
+        .map_err(|e| RunError::Unavailable("provider", e.to_string()))?;
+    let database = until_deadline("database", deadline, || async {
         let store = Store::connect(&config.store)
             .await
-            .map_err(|e| RunError::Unavailable("database", e.to_string()))?;
-        store
-            .ping()
-            .await
-            .map_err(|e| RunError::Unavailable("database", e.to_string()))?;
+            .map_err(|e| e.to_string())?;
+        store.ping().await.map_err(|e| e.to_string())
+    });
+    let broker = until_deadline("broker", deadline, || async {
         let broker = Broker::connect(&config.broker, memory)
             .await
-            .map_err(|e| RunError::Unavailable("broker", e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         let _ = broker.close().await;
-        let provider = Provider::from_config(&config.provider)
-            .map_err(|e| RunError::Unavailable("provider", e.to_string()))?;
-        provider
-            .check()
-            .await
-            .map_err(|e| RunError::Unavailable("provider", e.to_string()))?;
         Ok(())
-    };
-    match tokio::time::timeout(deadline, check).await {
-        Ok(result) => result,
-        Err(_) => Err(RunError::Unavailable(
-            "dependencies",
-            format!(
-                "the startup check did not finish within {} ms",
-                deadline.as_millis()
-            ),
-        )),
+    });
+    let provider = until_deadline("provider", deadline, || async {
+        provider.check().await.map_err(|e| e.to_string())
+    });
+    let (database, broker, provider) = tokio::join!(database, broker, provider);
+    let down: Vec<(&'static str, String)> = [database, broker, provider]
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    match down.as_slice() {
+        [] => Ok(()),
+        [(what, why)] => Err(RunError::Unavailable(what, why.clone())),
+        _ => {
+            let names: Vec<&str> = down.iter().map(|(w, _)| *w).collect();
+            let why: Vec<String> = down.iter().map(|(w, e)| format!("{w}: {e}")).collect();
+            Err(RunError::Unavailable(
+                dependencies_name(&names),
+                why.join("; "),
+            ))
+        }
+    }
+}
+
+/// How long past `startup.deadline_ms` a try already under way may take.
+const TRY_GRACE: Duration = Duration::from_secs(10);
+
+/// Try `check` until it passes or `deadline` comes; the error is the last failure's, with
+/// the number of tries and the time they took.
+async fn until_deadline<F, Fut>(
+    what: &'static str,
+    deadline: tokio::time::Instant,
+    mut check: F,
+) -> Result<(), (&'static str, String)>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(100);
+    let mut last_error: Option<String> = None;
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        // A try is not cut at the deadline (a cancelled lapin connect leaves its I/O thread
+        // panicking on the way out); each bounds itself (connect timeouts), and the grace
+        // only catches one that does not.
+        let error = match tokio::time::timeout_at(deadline + TRY_GRACE, check()).await {
+            Ok(Ok(())) => {
+                if tries > 1 {
+                    tracing::info!(dependency = what, tries, "startup check: {what} reachable");
+                }
+                return Ok(());
+            }
+            Ok(Err(e)) => e,
+            // A silent listener: the last refusal, if any, says more than the deadline.
+            Err(_) => last_error.take().unwrap_or_else(|| {
+                format!(
+                    "no answer within the startup deadline ({} ms) and {} s of grace",
+                    deadline.duration_since(started).as_millis(),
+                    TRY_GRACE.as_secs()
+                )
+            }),
+        };
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            let ms = now.duration_since(started).as_millis();
+            return Err((what, format!("{error} (tried {tries} times in {ms} ms)")));
+        }
+        tracing::warn!(
+            dependency = what,
+            tries,
+            retry_in_ms = pause.as_millis() as u64,
+            %error,
+            "startup check: {what} not reachable yet"
+        );
+        last_error = Some(error);
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// "database and broker", "database, broker and provider".
+fn dependencies_name(names: &[&str]) -> &'static str {
+    match names {
+        ["database", "broker"] => "database and broker",
+        ["database", "provider"] => "database and provider",
+        ["broker", "provider"] => "broker and provider",
+        _ => "database, broker and provider",
     }
 }
 

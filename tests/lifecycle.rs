@@ -9,7 +9,7 @@ use std::time::Duration;
 use drover_actors::store::MessageStatus;
 use support::{
     LoadTally, TcpProxy, TestEnv, TestPublisher, alert_of, assert_all_sent_once_but_cut_off, count,
-    recipient, socket_of, spawn_binary, wait_counts, wait_mid_load, webhook,
+    recipient, socket_of, spawn_binary, wait_counts, wait_for, wait_mid_load, webhook,
 };
 use uuid::Uuid;
 
@@ -28,6 +28,8 @@ async fn startup_check_exits_3_naming_the_broker_when_rabbitmq_is_down() {
             .env("DROVER_HTTP__ADDR", "127.0.0.1:0")
             .env("DROVER_BROKER__URL", "amqp://guest:guest@127.0.0.1:1/%2f")
             .env("DROVER_BROKER__CONNECT_TIMEOUT_MS", "1000")
+            // The check now retries until its deadline: a short one keeps this test short.
+            .env("DROVER_STARTUP__DEADLINE_MS", "3000")
             .env(
                 "DROVER_STORE__URL",
                 format!("sqlite://{}/drover.db?mode=rwc", dir.display()),
@@ -49,6 +51,49 @@ async fn startup_check_exits_3_naming_the_broker_when_rabbitmq_is_down() {
         "one clear line naming the broker: {last}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Started before its broker is reachable (as compose or Kubernetes start everything at
+/// once), drover waits within `startup.deadline_ms`: each refused try is logged, and once the
+/// broker answers the check passes and the tree starts. RabbitMQ is "down" through a loopback
+/// proxy that refuses connections until the test restores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_startup_check_waits_for_a_broker_that_comes_up_late() {
+    let mut env = TestEnv::new().await;
+    let proxy = TcpProxy::start(socket_of(&env.config.broker.url)).await;
+    proxy.cut().await;
+    env.config.broker.url = proxy.url_for(&env.config.broker.url);
+    env.config.broker.connect_timeout_ms = 1_000;
+    env.config.startup.deadline_ms = 30_000;
+    let (mut child, dir) = spawn_binary(&env);
+    let log = dir.join("drover.log");
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let logged = |what: &'static str| {
+        wait_for(what, Duration::from_secs(20), move || async move {
+            let text = read();
+            if text.contains(what) {
+                Ok(())
+            } else {
+                Err(tail(&text))
+            }
+        })
+    };
+    logged("startup check: broker not reachable yet").await;
+    proxy.restore().await;
+    logged("startup check passed").await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still running once the broker came up"
+    );
+    let text = read();
+    let refused = text
+        .matches("startup check: broker not reachable yet")
+        .count();
+    println!("startup check: {refused} refused tries logged before the broker came up");
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    env.cleanup().await;
 }
 
 /// SIGTERM while messages are flowing: drover stops consuming, lets in-flight messages finish
