@@ -184,8 +184,8 @@ fn figment(file: Option<&Path>) -> Figment {
     fig.merge(EnvText::new())
 }
 
-/// `DROVER_<SECTION>__<KEY>` variables, each value kept as the text it was unless it is
-/// structured (an array or a table). Figment's `Env` reads `+15550000000`, `0123`, `1e5` or
+/// `DROVER_<SECTION>__<KEY>` variables as figment's `Env` reads them, except that a value it
+/// would read as a number or a boolean stays the text it was. Figment's `Env` reads `+15550000000`, `0123`, `1e5` or
 /// `true` as numbers and booleans, which a string key then refuses ("invalid type"); kept as
 /// text, a string key takes it verbatim and a number or boolean key reads it through
 /// [`Figment::extract_lossy`].
@@ -212,8 +212,8 @@ impl Provider for EnvText {
         for (key, raw) in self.0.iter() {
             let parsed: Value = raw.parse().expect("parsing a figment Value is infallible");
             let value = match parsed {
-                Value::Array(..) | Value::Dict(..) => parsed,
-                _ => Value::from(raw),
+                Value::Num(..) | Value::Bool(..) => Value::from(raw),
+                other => other,
             };
             let nested = figment::util::nest(key.as_str(), value)
                 .into_dict()

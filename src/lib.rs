@@ -125,12 +125,8 @@ pub async fn preflight(config: &Config, memory: &MemoryBroker) -> Result<(), Run
         [] => Ok(()),
         [(what, why)] => Err(RunError::Unavailable(what, why.clone())),
         _ => {
-            let names: Vec<&str> = down.iter().map(|(w, _)| *w).collect();
             let why: Vec<String> = down.iter().map(|(w, e)| format!("{w}: {e}")).collect();
-            Err(RunError::Unavailable(
-                dependencies_name(&names),
-                why.join("; "),
-            ))
+            Err(RunError::Unavailable("dependencies", why.join("; ")))
         }
     }
 }
@@ -190,16 +186,6 @@ where
         last_error = Some(error);
         tokio::time::sleep(pause.min(deadline - now)).await;
         pause = (pause * 2).min(Duration::from_secs(2));
-    }
-}
-
-/// "database and broker", "database, broker and provider".
-fn dependencies_name(names: &[&str]) -> &'static str {
-    match names {
-        ["database", "broker"] => "database and broker",
-        ["database", "provider"] => "database and provider",
-        ["broker", "provider"] => "broker and provider",
-        _ => "database, broker and provider",
     }
 }
 

@@ -160,51 +160,49 @@ impl Actor for MonitorWorker {
 
 /// One backlog sample and its verdict; schedules the next.
 async fn backlog_tick(myself: &ActorRef<MonitorMessage>, state: &mut MonitorState) {
-    {
-        let c = &state.p.config.alerts;
-        let (every_ms, window_ms) = (c.sample_ms.max(10), c.backlog_window_ms);
-        let bound = Duration::from_millis(every_ms).max(Duration::from_secs(5));
-        match tokio::time::timeout(bound, sample(&state.p, every_ms)).await {
-            Ok(Ok(s)) => {
-                push_sample(&mut state.window, s, window_ms);
-                let samples: Vec<Sample> = state.window.iter().copied().collect();
-                if let Some(why) = detect_backlog(&samples, window_ms) {
-                    let (first, last) = (samples[0], samples[samples.len() - 1]);
-                    let summary = match why {
-                        Backlog::Growing => format!(
-                            "work queue backlog: {} -> {} messages over {} ms",
-                            first.ready,
-                            last.ready,
-                            last.at_ms - first.at_ms
-                        ),
-                        Backlog::NoConsumer => format!(
-                            "work queue holds {} messages and has no consumer",
-                            last.ready
-                        ),
-                    };
-                    raise(
-                        &state.p,
-                        Alert {
-                            kind: AlertKind::Backlog,
-                            key: "backlog".into(),
-                            summary,
-                            details: serde_json::json!({
-                                "reason": format!("{why:?}"),
-                                "first_ready": first.ready,
-                                "last_ready": last.ready,
-                                "consumers": last.consumers,
-                                "consumed_in_window": last.consumed.saturating_sub(first.consumed),
-                                "window_ms": last.at_ms - first.at_ms,
-                            }),
-                        },
-                    );
-                }
+    let c = &state.p.config.alerts;
+    let (every_ms, window_ms) = (c.sample_ms.max(10), c.backlog_window_ms);
+    let bound = Duration::from_millis(every_ms).max(Duration::from_secs(5));
+    match tokio::time::timeout(bound, sample(&state.p, every_ms)).await {
+        Ok(Ok(s)) => {
+            push_sample(&mut state.window, s, window_ms);
+            let samples: Vec<Sample> = state.window.iter().copied().collect();
+            if let Some(why) = detect_backlog(&samples, window_ms) {
+                let (first, last) = (samples[0], samples[samples.len() - 1]);
+                let summary = match why {
+                    Backlog::Growing => format!(
+                        "work queue backlog: {} -> {} messages over {} ms",
+                        first.ready,
+                        last.ready,
+                        last.at_ms - first.at_ms
+                    ),
+                    Backlog::NoConsumer => format!(
+                        "work queue holds {} messages and has no consumer",
+                        last.ready
+                    ),
+                };
+                raise(
+                    &state.p,
+                    Alert {
+                        kind: AlertKind::Backlog,
+                        key: "backlog".into(),
+                        summary,
+                        details: serde_json::json!({
+                            "reason": format!("{why:?}"),
+                            "first_ready": first.ready,
+                            "last_ready": last.ready,
+                            "consumers": last.consumers,
+                            "consumed_in_window": last.consumed.saturating_sub(first.consumed),
+                            "window_ms": last.at_ms - first.at_ms,
+                        }),
+                    },
+                );
             }
-            Ok(Err(e)) => tracing::debug!(error = %e, "work queue not sampled"),
-            Err(_) => tracing::debug!("work queue sample timed out"),
         }
-        myself.send_after(Duration::from_millis(every_ms), || MonitorMessage::Tick);
+        Ok(Err(e)) => tracing::debug!(error = %e, "work queue not sampled"),
+        Err(_) => tracing::debug!("work queue sample timed out"),
     }
+    myself.send_after(Duration::from_millis(every_ms), || MonitorMessage::Tick);
 }
 
 /// Sample the three queues' counters into the cache (the monitor does this every
