@@ -144,7 +144,14 @@ impl Config {
         }
         // Parsed, not split: a password holding `@`, query secrets, the webhook's path token.
         shown.store.url = redact_url(&shown.store.url, false);
-        shown.broker.url = redact_url(&shown.broker.url, false);
+        // A cluster's nodes one by one (a list does not parse as one URL).
+        shown.broker.url = shown
+            .broker
+            .url
+            .split(',')
+            .map(|u| redact_url(u.trim(), false))
+            .collect::<Vec<_>>()
+            .join(",");
         shown.provider.twilio.base_url = redact_url(&shown.provider.twilio.base_url, false);
         shown.provider.webhook.url = redact_url(&shown.provider.webhook.url, false);
         if let Some(u) = shown.alerts.webhook_url.as_mut() {

@@ -502,7 +502,17 @@ async fn readyz(State(app): State<AppState>) -> Response {
                 o.push_str(&line);
             }
         }
-        let connection = node_check(tree, &snap, &p.path("broker/connection"));
+        let mut connection = node_check(tree, &snap, &p.path("broker/connection"));
+        // Which node of the cluster (broker.url may list several).
+        if let Some(detail) = snap
+            .find(&p.path("broker/connection"))
+            .and_then(|n| n.detail.as_ref())
+        {
+            if let Some(Value::String(o)) = connection.get_mut("output") {
+                o.push_str("; ");
+                o.push_str(detail);
+            }
+        }
         let mut consumer = node_check(tree, &snap, &p.path("broker/consumer"));
         if p.ops.consumption_paused() {
             if let Some(Value::String(o)) = consumer.get_mut("output") {

@@ -95,26 +95,32 @@ pub struct App {
 /// `startup.deadline_ms`: started together with its dependencies (compose, Kubernetes),
 /// drover waits for a broker still booting instead of exiting at the first refusal. The three
 /// are checked side by side; past the deadline, drover refuses to start (exit code 3) naming
-/// every one still unreachable and why.
+/// every one still unreachable and why. An error that waiting cannot cure (a certificate the
+/// broker or drover does not trust, a queue of another type) ends its wait at once.
 pub async fn preflight(config: &Config, memory: &MemoryBroker) -> Result<(), RunError> {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(config.startup.deadline_ms);
     let provider = Provider::from_config(&config.provider)
         .map_err(|e| RunError::Unavailable("provider", e.to_string()))?;
     let database = until_deadline("database", deadline, || async {
-        let store = Store::connect(&config.store)
-            .await
-            .map_err(|e| e.to_string())?;
-        store.ping().await.map_err(|e| e.to_string())
+        let store = Store::connect(&config.store).await.map_err(|e| Failed {
+            permanent: e.is_permanent(),
+            error: e.to_string(),
+        })?;
+        store.ping().await.map_err(Failed::of)
     });
     let broker = until_deadline("broker", deadline, || async {
         let broker = Broker::connect(&config.broker, memory)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Failed {
+                permanent: e.is_permanent(),
+                error: e.to_string(),
+            })?;
+        tracing::info!(node = broker.node(), "startup check: broker reachable");
         let _ = broker.close().await;
         Ok(())
     });
     let provider = until_deadline("provider", deadline, || async {
-        provider.check().await.map_err(|e| e.to_string())
+        provider.check().await.map_err(Failed::of)
     });
     let (database, broker, provider) = tokio::join!(database, broker, provider);
     let down: Vec<(&'static str, String)> = [database, broker, provider]
@@ -131,6 +137,22 @@ pub async fn preflight(config: &Config, memory: &MemoryBroker) -> Result<(), Run
     }
 }
 
+/// A failed try of the startup check.
+struct Failed {
+    error: String,
+    /// Trying again cannot help (a certificate not trusted, a queue of another type).
+    permanent: bool,
+}
+
+impl Failed {
+    fn of(e: impl std::fmt::Display) -> Failed {
+        Failed {
+            error: e.to_string(),
+            permanent: false,
+        }
+    }
+}
+
 /// How long past `startup.deadline_ms` a try already under way may take.
 const TRY_GRACE: Duration = Duration::from_secs(10);
 
@@ -143,7 +165,7 @@ async fn until_deadline<F, Fut>(
 ) -> Result<(), (&'static str, String)>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), String>>,
+    Fut: Future<Output = Result<(), Failed>>,
 {
     let started = tokio::time::Instant::now();
     let mut pause = Duration::from_millis(100);
@@ -161,7 +183,13 @@ where
                 }
                 return Ok(());
             }
-            Ok(Err(e)) => e,
+            Ok(Err(Failed {
+                error,
+                permanent: true,
+            })) => {
+                return Err((what, error));
+            }
+            Ok(Err(e)) => e.error,
             // A silent listener: the last refusal, if any, says more than the deadline.
             Err(_) => last_error.take().unwrap_or_else(|| {
                 format!(

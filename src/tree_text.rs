@@ -30,6 +30,7 @@ pub struct Node {
     pub uptime_ms: Option<u64>,
     pub next_restart_in_ms: Option<u64>,
     pub last_exits: Vec<Exit>,
+    pub detail: Option<String>,
     pub supervisor: Option<Supervisor>,
     pub children: Vec<Node>,
 }
@@ -141,6 +142,9 @@ pub fn render(snap: &Snapshot, colour: bool) -> String {
         }
         if let (Some(up), "running") = (n.uptime_ms, n.status.as_str()) {
             let _ = write!(out, " | up {}", human_ms(up));
+        }
+        if let Some(detail) = &n.detail {
+            let _ = write!(out, " | {}", one_line(detail));
         }
         if let Some(ms) = n.next_restart_in_ms {
             let text = format!("restart in {}", human_ms(ms));

@@ -191,6 +191,9 @@ pub struct NodeSnapshot {
     pub next_restart_at_ms: Option<u64>,
     pub next_restart_in_ms: Option<u64>,
     pub last_exits: Vec<ExitRecord>,
+    /// What the running actor says about itself ([`Tree::set_detail`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub supervisor: Option<SupervisorInfo>,
     pub children: Vec<NodeSnapshot>,
@@ -251,6 +254,9 @@ struct TreeInner {
     wall_origin: SystemTime,
     max_exits: usize,
     outcome: Mutex<Option<String>>,
+    /// What a running actor says about itself, with the incarnation that said it (see
+    /// [`Tree::set_detail`]).
+    details: RwLock<BTreeMap<String, (ractor::ActorId, String)>>,
 }
 
 /// The shared live tree. Cheap to clone; pass it in `Args`.
@@ -289,6 +295,7 @@ impl Tree {
                 wall_origin: SystemTime::now(),
                 max_exits: max_exits.max(1),
                 outcome: Mutex::new(None),
+                details: RwLock::new(BTreeMap::new()),
             }),
         }
     }
@@ -325,6 +332,16 @@ impl Tree {
             generation,
             kind,
         });
+    }
+
+    /// A line the actor `me` at `path` says about itself (the broker connection: the node it
+    /// is connected to), shown in snapshots (`detail`) while that incarnation runs: a
+    /// restarted actor shows nothing until it says something anew.
+    pub fn set_detail(&self, path: &str, me: ractor::ActorId, detail: String) {
+        self.inner
+            .details
+            .write()
+            .insert(path.to_owned(), (me, detail));
     }
 
     pub(crate) fn insert(&self, path: &str, record: NodeRecord) {
@@ -503,6 +520,16 @@ impl Tree {
                 .next_restart_at
                 .map(|t| t.saturating_duration_since(now).as_millis() as u64),
             last_exits: r.exits.iter().cloned().collect(),
+            detail: match (&r.cell, alive) {
+                (Some(cell), true) => self
+                    .inner
+                    .details
+                    .read()
+                    .get(path)
+                    .filter(|(id, _)| *id == cell.get_id())
+                    .map(|(_, d)| d.clone()),
+                _ => None,
+            },
             supervisor: r.supervisor.clone(),
             children: Vec::new(),
         }

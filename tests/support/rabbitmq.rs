@@ -100,6 +100,9 @@ impl PrivateRabbit {
         let dir = std::env::temp_dir().join(format!("drover-rabbit-{id}"));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
+        // Its own (empty) configuration: the shared node's /etc/rabbitmq/rabbitmq.conf holds
+        // a TLS listener on a fixed port that a second node could not bind.
+        std::fs::write(dir.join("rabbitmq.conf"), "").unwrap();
         let rabbit = PrivateRabbit {
             node: format!("drover-{}@{host}", &id[..12]),
             port: free_port(),
@@ -130,6 +133,7 @@ impl PrivateRabbit {
             .env("RABBITMQ_MNESIA_BASE", d("mnesia"))
             .env("RABBITMQ_LOG_BASE", d("log"))
             .env("RABBITMQ_ENABLED_PLUGINS_FILE", d("enabled_plugins"))
+            .env("RABBITMQ_CONFIG_FILE", d("rabbitmq.conf"))
             .env("RABBITMQ_PID_FILE", d("pid"));
         cmd
     }

@@ -4,7 +4,7 @@
 //! knows how to talk to one; everything else codes against the small, backend-agnostic API
 //! below, which has two implementations with the same semantics:
 //!
-//! * **RabbitMQ** (any `amqp://` URL), via `lapin`, with lapin's automatic recovery switched
+//! * **RabbitMQ** (`amqp://` or, over TLS, `amqps://` URLs; several for a cluster), via `lapin`, with lapin's automatic recovery switched
 //!   **off**: a lost connection surfaces as an error / [`Broker::closed`] resolving, and the
 //!   owning actor fails so its supervisor restarts it (and reconnects).
 //! * **In memory** (`url = "memory"`), a [`MemoryBroker`] shared by every connection made from
@@ -29,191 +29,24 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod cluster;
+mod config;
 mod memory;
 mod rabbit;
+mod tls;
 
+pub use config::{BrokerConfig, BrokerTlsConfig, MEMORY_URL, QueueType};
 pub use memory::{MemoryBroker, MemoryConnection};
 pub use rabbit::RabbitBroker;
-
-/// The [`BrokerConfig::url`] value that selects the in-memory broker.
-pub const MEMORY_URL: &str = "memory";
 
 /// The connection name [`Broker::connect`] announces to RabbitMQ (see [`Broker::connect_named`]).
 pub const DEFAULT_CONNECTION_NAME: &str = "drover";
 
 /// Longest name, message id, correlation id or header key AMQP 0-9-1 can carry (a "short string").
 pub const MAX_SHORT_STRING: usize = 255;
-
-/// How drover reaches its message broker and which topology it uses.
-///
-/// Every field has a default, so an empty configuration section selects the in-memory broker
-/// with the standard names.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BrokerConfig {
-    /// Where the broker is: `"memory"` for the in-process [`MemoryBroker`], otherwise an AMQP URL
-    /// including credentials and the (percent-encoded) vhost, e.g.
-    /// `amqp://guest:guest@127.0.0.1:5672/%2f`. TLS (`amqps://`) is not supported.
-    pub url: String,
-    /// Name of the durable direct exchange every message is published to.
-    pub exchange: String,
-    /// Durable queue holding messages waiting to be delivered ([`Route::Work`]).
-    pub work_queue: String,
-    /// Durable queue receiving messages whose delivery failed permanently ([`Route::Failed`]).
-    pub failed_queue: String,
-    /// Durable queue receiving messages that could not be parsed or validated ([`Route::Invalid`]).
-    pub invalid_queue: String,
-    /// Maximum number of unacknowledged deliveries per consumer (AMQP `basic.qos`); `0` means
-    /// unlimited.
-    pub prefetch: u16,
-    /// How long [`Broker::connect`] may take (TCP, AMQP handshake and topology declaration), in
-    /// milliseconds.
-    pub connect_timeout_ms: u64,
-    /// How long [`Publisher::publish`] waits for the broker's publisher confirm, in milliseconds.
-    pub confirm_timeout_ms: u64,
-    /// In-memory broker only: the work queue holds at most this many ready messages; a publish
-    /// beyond it is refused as a nack ([`BrokerError::PublishNacked`], RabbitMQ's
-    /// `x-overflow = reject-publish`), so nothing is dropped silently. `0`: unbounded.
-    pub memory_max_length: usize,
-    /// In-memory broker only: the failed and invalid queues keep the newest this many messages
-    /// and count the older ones they drop ([`QueueStats::dropped`], RabbitMQ's `drop-head`).
-    /// Their rows stay in the store, so a dropped failed message can still be retried by id.
-    /// `0`: unbounded.
-    pub memory_keep_newest: usize,
-}
-
-impl Default for BrokerConfig {
-    fn default() -> Self {
-        BrokerConfig {
-            url: MEMORY_URL.to_owned(),
-            exchange: "drover".to_owned(),
-            work_queue: "drover.outbound".to_owned(),
-            failed_queue: "drover.failed".to_owned(),
-            invalid_queue: "drover.invalid".to_owned(),
-            prefetch: 256,
-            connect_timeout_ms: 5_000,
-            confirm_timeout_ms: 10_000,
-            memory_max_length: 100_000,
-            memory_keep_newest: 10_000,
-        }
-    }
-}
-
-impl fmt::Debug for BrokerConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BrokerConfig")
-            .field("url", &redact_url(&self.url))
-            .field("exchange", &self.exchange)
-            .field("work_queue", &self.work_queue)
-            .field("failed_queue", &self.failed_queue)
-            .field("invalid_queue", &self.invalid_queue)
-            .field("prefetch", &self.prefetch)
-            .field("connect_timeout_ms", &self.connect_timeout_ms)
-            .field("confirm_timeout_ms", &self.confirm_timeout_ms)
-            .field("memory_max_length", &self.memory_max_length)
-            .field("memory_keep_newest", &self.memory_keep_newest)
-            .finish()
-    }
-}
-
-impl BrokerConfig {
-    /// True when [`url`](Self::url) selects the in-memory broker.
-    #[must_use]
-    pub fn is_memory(&self) -> bool {
-        self.url.trim() == MEMORY_URL
-    }
-
-    /// The queue a [`Route`] leads to. The routing key of a route is the same string.
-    #[must_use]
-    pub fn queue(&self, route: Route) -> &str {
-        match route {
-            Route::Work => &self.work_queue,
-            Route::Failed => &self.failed_queue,
-            Route::Invalid => &self.invalid_queue,
-        }
-    }
-
-    /// The routing key used to publish on `route` (equal to [`queue`](Self::queue)).
-    #[must_use]
-    pub fn routing_key(&self, route: Route) -> &str {
-        self.queue(route)
-    }
-
-    /// [`url`](Self::url) as errors and logs name it: scheme, host and port only.
-    #[must_use]
-    pub fn redacted_url(&self) -> String {
-        redact_url(&self.url)
-    }
-
-    /// [`connect_timeout_ms`](Self::connect_timeout_ms) as a [`Duration`].
-    #[must_use]
-    pub fn connect_timeout(&self) -> Duration {
-        Duration::from_millis(self.connect_timeout_ms)
-    }
-
-    /// [`confirm_timeout_ms`](Self::confirm_timeout_ms) as a [`Duration`].
-    #[must_use]
-    pub fn confirm_timeout(&self) -> Duration {
-        Duration::from_millis(self.confirm_timeout_ms)
-    }
-
-    /// Check the configuration without connecting: non-empty URL and names of at most 255
-    /// bytes, three distinct queue names, non-zero timeouts.
-    pub fn validate(&self) -> Result<(), BrokerError> {
-        let invalid = |reason: String| Err(BrokerError::InvalidConfig(reason));
-        if self.url.trim().is_empty() {
-            return invalid(
-                "url must not be empty (use \"memory\" for the in-memory broker)".into(),
-            );
-        }
-        if !self.is_memory() && !self.url.starts_with("amqp://") {
-            return invalid(format!(
-                "url {} is neither \"memory\" nor an amqp:// URL (amqps:// is not supported)",
-                self.redacted_url()
-            ));
-        }
-        for (field, name) in [
-            ("exchange", &self.exchange),
-            ("work_queue", &self.work_queue),
-            ("failed_queue", &self.failed_queue),
-            ("invalid_queue", &self.invalid_queue),
-        ] {
-            if name.is_empty() {
-                return invalid(format!("{field} must not be empty"));
-            }
-            if name.len() > MAX_SHORT_STRING {
-                return invalid(format!("{field} is longer than {MAX_SHORT_STRING} bytes"));
-            }
-            if name.starts_with("amq.") {
-                return invalid(format!(
-                    "{field} {name:?} uses the reserved \"amq.\" prefix"
-                ));
-            }
-        }
-        if self.work_queue == self.failed_queue
-            || self.work_queue == self.invalid_queue
-            || self.failed_queue == self.invalid_queue
-        {
-            return invalid("work_queue, failed_queue and invalid_queue must be distinct".into());
-        }
-        if self.connect_timeout_ms == 0 || self.confirm_timeout_ms == 0 {
-            return invalid("connect_timeout_ms and confirm_timeout_ms must be positive".into());
-        }
-        Ok(())
-    }
-}
-
-/// How errors and logs name the broker: scheme, host and port (no credentials, no vhost).
-fn redact_url(url: &str) -> String {
-    if url.trim() == MEMORY_URL {
-        return MEMORY_URL.to_owned();
-    }
-    crate::redact::origin(url)
-}
 
 /// Where a published message goes. Each route is a queue of the topology, bound to the exchange
 /// with a routing key equal to the queue name (see [`BrokerConfig::queue`]).
@@ -262,6 +95,19 @@ pub enum BrokerError {
         /// Why.
         reason: String,
     },
+    /// TLS to the broker failed: its certificate was not trusted or not for its name, the
+    /// broker refused drover's client certificate, or a certificate file could not be read.
+    #[error(
+        "TLS to the broker at {url} failed: certificate problem (check broker.tls.ca_file, \
+         cert_file, key_file and that the URL's host is a name in the broker's certificate): \
+         {reason}"
+    )]
+    Certificate {
+        /// The broker URL, password redacted.
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// Connecting (including the topology declaration) took longer than
     /// [`BrokerConfig::connect_timeout_ms`].
     #[error("connecting to the broker at {url} timed out after {timeout_ms} ms")]
@@ -286,6 +132,29 @@ pub enum BrokerError {
         /// What was being declared, e.g. `queue "drover.outbound"`.
         what: String,
         /// Why.
+        reason: String,
+    },
+    /// A queue of the topology already exists with other arguments (another type, another
+    /// delivery limit) than drover declares: RabbitMQ refuses the redeclaration, and it
+    /// cannot be fixed by retrying.
+    #[error(
+        "queue {queue:?} already exists as a {existing} queue{}, but drover declares it as a \
+         {wanted} queue (broker.queue_type = \"{wanted}\"){}; the broker says: {reason}",
+        if existing == wanted.as_str() { " with other arguments" } else { "" },
+        if existing == wanted.as_str() {
+            ": delete the queue after draining it, or match its arguments (broker.delivery_limit)"
+        } else {
+            ": a queue cannot change type; set broker.queue_type to its type, or drain and delete it"
+        }
+    )]
+    QueueMismatch {
+        /// The queue.
+        queue: String,
+        /// The configured type.
+        wanted: QueueType,
+        /// The type the queue has (`classic`, `quorum`, `stream`, or `unknown`).
+        existing: String,
+        /// The broker's reply (it names the argument, the existing value and ours).
         reason: String,
     },
     /// The queue does not exist.
@@ -370,6 +239,19 @@ pub enum BrokerError {
 }
 
 impl BrokerError {
+    /// True when trying again cannot help until someone changes the configuration or the
+    /// broker: a certificate not trusted, a queue declared with other arguments, a bad
+    /// configuration. The startup check stops waiting at such an error.
+    #[must_use]
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            BrokerError::InvalidConfig(_)
+                | BrokerError::Certificate { .. }
+                | BrokerError::QueueMismatch { .. }
+        )
+    }
+
     /// True when the error means the connection or channel is gone (so the owning actor should
     /// fail and be restarted, reconnecting), as opposed to a problem with one operation.
     #[must_use]
@@ -379,6 +261,7 @@ impl BrokerError {
             BrokerError::ConnectionClosed(_)
                 | BrokerError::ChannelClosed(_)
                 | BrokerError::Connect { .. }
+                | BrokerError::Certificate { .. }
                 | BrokerError::ConnectTimeout { .. }
                 | BrokerError::Timeout { .. }
         )
@@ -663,6 +546,17 @@ impl Broker {
         }
     }
 
+    /// The node this connection is to, as errors and logs name it (scheme, host and port;
+    /// `"memory"` for the in-memory broker): with several [`BrokerConfig::urls`], the one
+    /// that answered.
+    #[must_use]
+    pub fn node(&self) -> &str {
+        match self {
+            Broker::Rabbit(b) => b.node(),
+            Broker::Memory(_) => MEMORY_URL,
+        }
+    }
+
     /// True while the connection is usable.
     #[must_use]
     pub fn is_open(&self) -> bool {
@@ -882,23 +776,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact_url("amqp://guest:secret@host:5672/%2f"),
-            "amqp://host:5672"
-        );
-        assert_eq!(redact_url("amqp://host/%2f"), "amqp://host");
-        assert_eq!(redact_url("amqp://user@host/%2f"), "amqp://host");
-        assert_eq!(redact_url("amqp://u:p@ss@host/v"), "amqp://host");
-        assert_eq!(redact_url("memory"), "memory");
-        let config = BrokerConfig {
-            url: "amqp://u:hunter2@h/v".into(),
-            ..BrokerConfig::default()
-        };
-        assert!(!format!("{config:?}").contains("hunter2"));
-    }
-
-    #[test]
     fn validates() {
         assert_eq!(BrokerConfig::default().validate(), Ok(()));
         let same = BrokerConfig {
@@ -906,11 +783,6 @@ mod tests {
             ..BrokerConfig::default()
         };
         assert!(same.validate().is_err());
-        let tls = BrokerConfig {
-            url: "amqps://h".into(),
-            ..BrokerConfig::default()
-        };
-        assert!(tls.validate().is_err());
         assert!(
             Outgoing::new("x")
                 .with_message_id("a".repeat(256))

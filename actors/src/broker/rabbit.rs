@@ -28,7 +28,11 @@ use lapin::{
 };
 use tokio::sync::watch;
 
-use super::{BrokerConfig, BrokerError, Delivery, Outgoing, QueueStats, Route, Settler, Signal};
+use super::config::redact_url;
+use super::{
+    BrokerConfig, BrokerError, Delivery, Outgoing, QueueStats, QueueType, Route, Settler, Signal,
+    cluster, tls,
+};
 
 /// How often closure is re-checked by polling, in case an event is missed.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -50,6 +54,8 @@ pub struct RabbitBroker {
 struct Inner {
     connection: Connection,
     config: BrokerConfig,
+    /// The node connected to (redacted URL).
+    node: String,
     /// Fired once the connection is closed or lost.
     lost: Arc<Signal>,
     /// Bumped on every error event lapin reports (a channel or the connection ended), so
@@ -69,6 +75,59 @@ fn amqp_error(error: &lapin::Error) -> Option<&AMQPErrorKind> {
     }
 }
 
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(
+        amqp_error(error),
+        Some(AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
+    )
+}
+
+/// The queue's type when a PRECONDITION_FAILED reply is about `x-queue-type`: RabbitMQ says
+/// `inequivalent arg 'x-queue-type' ... but current is 'classic'` (or `none`: classic).
+fn queue_type_in(reply: &str) -> Option<String> {
+    let about = reply.split("inequivalent arg 'x-queue-type'").nth(1)?;
+    let current = about.split("current is ").nth(1)?;
+    if current.starts_with("none") {
+        return Some("classic".into());
+    }
+    let quoted = current.split('\'').nth(1)?;
+    let name: String = quoted
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    (!name.is_empty()).then_some(name)
+}
+
+/// The arguments drover declares a queue with. Classic queues: none, as drover always
+/// declared them (any other would make the redeclaration of an existing queue fail).
+/// Quorum queues: the type, an explicit delivery limit (RabbitMQ 4 otherwise applies 20
+/// and drops what exceeds it) and, for the work and failed queues, the invalid queue as
+/// where a message past the limit goes, so the broker never drops one.
+fn queue_arguments(config: &BrokerConfig, route: Route) -> FieldTable {
+    let mut args = FieldTable::default();
+    if config.queue_type == QueueType::Quorum {
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(i64::from(config.delivery_limit)),
+        );
+        if route != Route::Invalid {
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(config.exchange.as_str().into()),
+            );
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(config.invalid_queue.as_str().into()),
+            );
+        }
+    }
+    args
+}
+
 fn is_not_found(error: &lapin::Error) -> bool {
     matches!(
         amqp_error(error),
@@ -77,43 +136,76 @@ fn is_not_found(error: &lapin::Error) -> bool {
 }
 
 impl RabbitBroker {
-    /// Connect and declare the topology, within the configured connect timeout.
+    /// Connect to the first node that answers, in [`cluster::order`], each within the
+    /// connect timeout, and declare the topology.
     pub(super) async fn connect(
         config: &BrokerConfig,
         connection_name: &str,
     ) -> Result<RabbitBroker, BrokerError> {
-        let url = config.redacted_url();
-        match tokio::time::timeout(
-            config.connect_timeout(),
-            Self::connect_untimed(config, connection_name),
-        )
-        .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(BrokerError::ConnectTimeout {
-                url,
-                timeout_ms: config.connect_timeout_ms,
-            }),
+        let nodes = config.urls();
+        let mut failures = Vec::new();
+        for index in cluster::order(&config.url, nodes.len()) {
+            let url = nodes[index];
+            let attempt = tokio::time::timeout(
+                config.connect_timeout(),
+                Self::connect_node(config, url, connection_name),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(BrokerError::ConnectTimeout {
+                    url: redact_url(url),
+                    timeout_ms: config.connect_timeout_ms,
+                })
+            });
+            match attempt {
+                Ok(broker) => {
+                    cluster::used(&config.url, index, nodes.len());
+                    return Ok(broker);
+                }
+                // The node answered and refused the topology: another node says the same.
+                Err(e @ BrokerError::QueueMismatch { .. }) => return Err(e),
+                Err(e @ BrokerError::Certificate { .. }) if nodes.len() == 1 => return Err(e),
+                Err(e) if nodes.len() == 1 => return Err(e),
+                Err(e) => {
+                    tracing::warn!(node = %redact_url(url), error = %e, "broker node unreachable; trying the next");
+                    failures.push(e.to_string());
+                }
+            }
         }
+        Err(BrokerError::Connect {
+            url: config.redacted_url(),
+            reason: format!("no node answered: {}", failures.join("; ")),
+        })
     }
 
-    async fn connect_untimed(
+    async fn connect_node(
         config: &BrokerConfig,
+        url: &str,
         connection_name: &str,
     ) -> Result<RabbitBroker, BrokerError> {
+        let node = redact_url(url);
         // Automatic recovery is off by default; never enable it (supervisors reconnect).
         let properties =
             ConnectionProperties::default().with_connection_name(connection_name.into());
-        let connection = Connection::connect(&config.url, properties)
+        let connect_error = |e: lapin::Error| tls::classify(&node, &e);
+        let connection = if url.starts_with("amqps://") {
+            let runtime = lapin::runtime::default_runtime().map_err(connect_error)?;
+            Connection::connect_with_config(
+                url,
+                properties,
+                tls::load(&config.tls, &node)?,
+                runtime,
+            )
             .await
-            .map_err(|e| BrokerError::Connect {
-                url: config.redacted_url(),
-                reason: e.to_string(),
-            })?;
+        } else {
+            Connection::connect(url, properties).await
+        }
+        .map_err(connect_error)?;
         let broker = RabbitBroker {
             inner: Arc::new(Inner {
                 connection,
                 config: config.clone(),
+                node: node.clone(),
                 lost: Arc::new(Signal::new()),
                 errors: Arc::new(watch::channel(0).0),
             }),
@@ -124,11 +216,17 @@ impl RabbitBroker {
             return Err(e);
         }
         tracing::info!(
-            url = %config.redacted_url(),
+            node = %node,
             name = connection_name,
+            queue_type = %config.queue_type,
             "connected to RabbitMQ"
         );
         Ok(broker)
+    }
+
+    /// The node this connection is to: scheme, host and port of its URL.
+    pub(super) fn node(&self) -> &str {
+        &self.inner.node
     }
 
     /// Watch the connection: fire `lost` when it goes away, bump `errors` on every error event.
@@ -199,14 +297,34 @@ impl RabbitBroker {
         for route in Route::ALL {
             let queue = short(config.queue(route), "queue")?;
             let routing_key = short(config.routing_key(route), "routing key")?;
-            channel
+            let declared = channel
                 .queue_declare(
                     queue.clone(),
                     QueueDeclareOptions::durable(),
-                    FieldTable::default(),
+                    queue_arguments(config, route),
                 )
                 .await
-                .map_err(declare_error(format!("queue {queue:?}")))?;
+                .map_err(|e| (is_precondition_failed(&e), e.to_string()));
+            if let Err((mismatch, reason)) = declared {
+                if !mismatch {
+                    return Err(BrokerError::Declare {
+                        what: format!("queue {queue:?}"),
+                        reason,
+                    });
+                }
+                // The refusal closed the channel, and names only the first argument that
+                // differs: ask again with the type alone to learn the queue's type.
+                let existing = match queue_type_in(&reason) {
+                    Some(t) => t,
+                    None => self.existing_type(&queue).await,
+                };
+                return Err(BrokerError::QueueMismatch {
+                    queue: config.queue(route).to_owned(),
+                    wanted: config.queue_type,
+                    existing,
+                    reason,
+                });
+            }
             channel
                 .queue_bind(
                     queue.clone(),
@@ -222,6 +340,28 @@ impl RabbitBroker {
         }
         self.close_channel(&channel).await;
         Ok(())
+    }
+
+    /// The type of an existing `queue` that refused drover's declaration: declared again
+    /// with `x-queue-type` alone, the broker either accepts (the type is ours) or names the
+    /// queue's type in its refusal. `unknown` when it cannot be learnt.
+    async fn existing_type(&self, queue: &ShortString) -> String {
+        let wanted = self.inner.config.queue_type.as_str();
+        let Ok(channel) = self.channel().await else {
+            return "unknown".into();
+        };
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), AMQPValue::LongString(wanted.into()));
+        let probe = channel.queue_declare(queue.clone(), QueueDeclareOptions::durable(), args);
+        let answer = self.bounded("queue.declare (type probe)", probe).await;
+        self.close_channel(&channel).await;
+        match answer {
+            Ok(Ok(_)) => wanted.to_owned(),
+            Ok(Err(e)) => queue_type_in(&e.to_string())
+                // Refused over another argument: the type itself matched.
+                .unwrap_or_else(|| wanted.to_owned()),
+            Err(_) => "unknown".into(),
+        }
     }
 
     /// Await a broker round trip, bounded by the connect timeout: a peer that stopped
@@ -797,5 +937,40 @@ impl RabbitPublisher {
     pub(super) async fn close(&self) -> Result<(), BrokerError> {
         self.broker.close_channel(&self.channel).await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_type_is_read_from_a_refusal() {
+        let cases = [
+            (
+                "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': \
+                 received the value 'quorum' of type 'longstr' but current is the value 'classic' \
+                 of type 'longstr'",
+                Some("classic"),
+            ),
+            (
+                "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': \
+                 received 'quorum' but current is 'stream'",
+                Some("stream"),
+            ),
+            (
+                "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': \
+                 received the value 'quorum' of type 'longstr' but current is none",
+                Some("classic"),
+            ),
+            (
+                "PRECONDITION_FAILED - inequivalent arg 'x-dead-letter-exchange' for queue 'q': \
+                 received the value 'd' of type 'longstr' but current is none",
+                None,
+            ),
+        ];
+        for (reply, want) in cases {
+            assert_eq!(queue_type_in(reply).as_deref(), want, "{reply}");
+        }
     }
 }

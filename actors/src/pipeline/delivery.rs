@@ -223,7 +223,18 @@ async fn admit(
     delivery: &mut Delivery,
     key: PoisonKey,
 ) -> Result<Option<Admitted>, PipelineError> {
-    if let Some(poisoned) = p.ops.poison.due(key, p.config.delivery.max_worker_failures) {
+    let poisoned = p
+        .ops
+        .poison
+        .due(key, p.config.delivery.max_worker_failures)
+        .or_else(|| {
+            p.ops.poison.over_delivery_limit(
+                key,
+                delivery.delivery_count,
+                p.config.broker.delivery_limit,
+            )
+        });
+    if let Some(poisoned) = poisoned {
         quarantine(p, store, delivery, poisoned).await?;
         p.ops.poison.clear(key);
         return Ok(None);

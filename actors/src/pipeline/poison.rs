@@ -56,19 +56,29 @@ pub struct PoisonGuard {
 pub struct Poisoned {
     pub failures: u32,
     pub last_error: String,
+    /// Set when the broker's count decided it: the delivery's `x-delivery-count`.
+    pub delivered: Option<u64>,
 }
 
 impl Poisoned {
     /// The quarantine reason (bounded).
     pub fn reason(&self) -> String {
-        truncate_utf8(
-            &format!(
+        let reason = match self.delivered {
+            Some(n) if self.failures > 0 => format!(
+                "poison: delivered {n} times before (x-delivery-count reached \
+                 broker.delivery_limit); workers here failed {} times: {}",
+                self.failures, self.last_error
+            ),
+            Some(n) => format!(
+                "poison: delivered {n} times before (x-delivery-count reached \
+                 broker.delivery_limit)"
+            ),
+            None => format!(
                 "poison: worker failed {} times: {}",
                 self.failures, self.last_error
             ),
-            MAX_REASON_BYTES,
-        )
-        .into_owned()
+        };
+        truncate_utf8(&reason, MAX_REASON_BYTES).into_owned()
     }
 }
 
@@ -88,6 +98,33 @@ impl PoisonGuard {
         (e.failures >= max_failures).then(|| Poisoned {
             failures: e.failures,
             last_error: e.last_error.clone(),
+            delivered: None,
+        })
+    }
+
+    /// `Some` when the broker delivered the message `limit` times before
+    /// (`delivery_count`, RabbitMQ quorum queues' `x-delivery-count`): the last delivery the
+    /// broker would make before dead-lettering it. This count survives restarts of drover
+    /// and spans every instance, so it also ends a message that kills whole processes. On
+    /// RabbitMQ before 4.3 every return counts, the paced ones during an outage too, which is
+    /// why the limit is high (`broker.delivery_limit`).
+    pub fn over_delivery_limit(
+        &self,
+        key: PoisonKey,
+        delivery_count: Option<u64>,
+        limit: u32,
+    ) -> Option<Poisoned> {
+        let count = delivery_count.filter(|&n| n >= u64::from(limit))?;
+        let table = self.table.lock();
+        let (failures, last_error) = table
+            .entries
+            .get(&key)
+            .map(|e| (e.failures, e.last_error.clone()))
+            .unwrap_or_default();
+        Some(Poisoned {
+            failures,
+            last_error,
+            delivered: Some(count),
         })
     }
 
@@ -217,6 +254,43 @@ mod tests {
         g.clear(k);
         assert_eq!(g.due(k, 1), None);
         assert!(g.is_empty());
+    }
+
+    #[test]
+    fn the_brokers_delivery_count_reaches_the_limit() {
+        let g = PoisonGuard::default();
+        let k = g.key(Some("m"), b"body");
+        let cases = [
+            (
+                None,
+                3,
+                false,
+                "no count (classic queues, the memory broker)",
+            ),
+            (Some(0), 3, false, "first delivery"),
+            (Some(2), 3, false, "below the limit"),
+            (Some(3), 3, true, "at the limit: the broker's last delivery"),
+            (Some(40), 3, true, "past it (the limit was lowered)"),
+        ];
+        for (count, limit, due, case) in cases {
+            assert_eq!(
+                g.over_delivery_limit(k, count, limit).is_some(),
+                due,
+                "{case}"
+            );
+        }
+        let p = g.over_delivery_limit(k, Some(3), 3).expect("due");
+        assert_eq!(
+            p.reason(),
+            "poison: delivered 3 times before (x-delivery-count reached broker.delivery_limit)"
+        );
+        g.record_failure(k, "boom");
+        let p = g.over_delivery_limit(k, Some(3), 3).expect("due");
+        assert!(
+            p.reason().ends_with("workers here failed 1 times: boom"),
+            "{}",
+            p.reason()
+        );
     }
 
     #[test]

@@ -25,7 +25,41 @@ pub struct StoreConfig {
     pub group_commit_max_batch: usize,
     /// Group commit: at most this many batch transactions at once.
     pub group_commit_in_flight: usize,
+    /// PostgreSQL only: TLS to the server (also settable in the URL as `sslmode`,
+    /// `sslrootcert`, `sslcert`, `sslkey`; a key set here wins over the URL's).
+    pub tls: StoreTlsConfig,
 }
+
+/// `[store.tls]`: TLS to PostgreSQL. Empty keys leave the URL's setting (or libpq's default,
+/// `prefer`: TLS when the server offers it, unverified) in place.
+///
+/// PostgreSQL failover (RDS Multi-AZ, Cloud SQL HA, Patroni behind a proxy or a virtual IP)
+/// stays behind the one endpoint of [`StoreConfig::url`]: a failover drops the connections,
+/// the store actor fails, and its restart connects to the endpoint again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreTlsConfig {
+    /// `disable`, `allow`, `prefer`, `require` (TLS, the certificate unchecked unless a CA is
+    /// given), `verify-ca` (the certificate signed by the CA) or `verify-full` (and for the
+    /// URL's host name).
+    pub mode: String,
+    /// PEM file of the certificate authority that signed the server's certificate.
+    pub ca_file: String,
+    /// PEM file of a client certificate (for `clientcert` / `cert` authentication).
+    pub cert_file: String,
+    /// PEM file of the client certificate's private key.
+    pub key_file: String,
+}
+
+/// The sslmode words [`StoreTlsConfig::mode`] accepts.
+pub const SSL_MODES: [&str; 6] = [
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -36,6 +70,7 @@ impl Default for StoreConfig {
             schema: None,
             group_commit_max_batch: 64,
             group_commit_in_flight: 4,
+            tls: StoreTlsConfig::default(),
         }
     }
 }

@@ -16,6 +16,14 @@ pub enum StoreError {
     /// The database cannot be reached or the connection failed.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// TLS to the database failed: its certificate was not trusted or not for its host name,
+    /// or a certificate file could not be read.
+    #[error(
+        "TLS to the database failed: certificate problem (check store.tls.ca_file / the URL's \
+         sslrootcert, store.tls.mode / sslmode, and that the URL's host is a name in the \
+         server's certificate): {0}"
+    )]
+    Certificate(#[source] sqlx::Error),
     /// A statement failed (constraint violation, serialization failure, …).
     #[error("database query failed: {0}")]
     Query(#[source] sqlx::Error),
@@ -30,13 +38,25 @@ pub enum StoreError {
 impl StoreError {
     /// Whether this is a connection-level failure (see the type's docs).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::Certificate(_)
+        )
+    }
+
+    /// True when trying again cannot help until someone changes the configuration or the
+    /// server (a bad configuration, a certificate not trusted): the startup check stops
+    /// waiting at such an error.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, StoreError::Config(_) | StoreError::Certificate(_))
     }
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        if is_connection_error(&error) {
+        if is_certificate_error(&error) {
+            StoreError::Certificate(error)
+        } else if is_connection_error(&error) {
             StoreError::Unavailable(error)
         } else if matches!(error, sqlx::Error::Configuration(_)) {
             StoreError::Config(error.to_string())
@@ -56,6 +76,20 @@ impl From<MigrateError> for StoreError {
             }
             other => StoreError::Migration(other),
         }
+    }
+}
+
+/// Whether `error` is TLS refusing the server (or the server refusing drover's certificate).
+/// sqlx reports rustls's verdict as an I/O error ("invalid peer certificate: UnknownIssuer"),
+/// so its text is what tells.
+fn is_certificate_error(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Tls(_) => true,
+        sqlx::Error::Io(e) => {
+            let text = e.to_string().to_ascii_lowercase();
+            text.contains("certificate") || text.contains("handshake")
+        }
+        _ => false,
     }
 }
 
@@ -114,6 +148,20 @@ mod tests {
         );
         assert!(!StoreError::from(sqlx::Error::RowNotFound).is_unavailable());
         assert!(!StoreError::Corrupt("x".into()).is_unavailable());
+    }
+
+    #[test]
+    fn a_certificate_refused_is_permanent_and_says_so() {
+        let refused = StoreError::from(sqlx::Error::Io(std::io::Error::other(
+            "invalid peer certificate: UnknownIssuer",
+        )));
+        assert!(refused.is_unavailable() && refused.is_permanent());
+        assert!(
+            refused.to_string().contains("certificate problem"),
+            "{refused}"
+        );
+        let reset = StoreError::from(sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into()));
+        assert!(!reset.is_permanent());
     }
 
     #[test]

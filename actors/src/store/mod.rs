@@ -48,7 +48,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use uuid::Uuid;
 
-pub use config::StoreConfig;
+pub use config::{StoreConfig, StoreTlsConfig};
 pub use error::StoreError;
 pub use types::{
     Admission, AttemptOutcome, AttemptRecord, MessageRecord, MessageStatus, OutcomeKind,
@@ -435,6 +435,7 @@ async fn connect_postgres(
     timeout: Duration,
 ) -> Result<Pool, StoreError> {
     let mut options: PgConnectOptions = url.parse()?;
+    options = with_tls(options, &config.tls)?;
     if let Some(schema) = &config.schema {
         if !config::is_plain_identifier(schema) {
             return Err(StoreError::Config(format!(
@@ -461,6 +462,37 @@ async fn connect_postgres(
     }
     migrations::postgres().run(&pool).await?;
     Ok(Pool::Pg(pool))
+}
+
+/// `options` with the `[store.tls]` keys that are set applied over the URL's.
+fn with_tls(
+    mut options: PgConnectOptions,
+    tls: &config::StoreTlsConfig,
+) -> Result<PgConnectOptions, StoreError> {
+    let mode = tls.mode.trim();
+    if !mode.is_empty() {
+        let parsed = mode.parse::<sqlx::postgres::PgSslMode>().map_err(|_| {
+            StoreError::Config(format!(
+                "store.tls.mode {mode:?} is not one of {}",
+                config::SSL_MODES.join(", ")
+            ))
+        })?;
+        options = options.ssl_mode(parsed);
+    }
+    if tls.cert_file.trim().is_empty() != tls.key_file.trim().is_empty() {
+        return Err(StoreError::Config(
+            "store.tls.cert_file and store.tls.key_file go together: set both, or neither".into(),
+        ));
+    }
+    if !tls.ca_file.trim().is_empty() {
+        options = options.ssl_root_cert(tls.ca_file.trim());
+    }
+    if !tls.cert_file.trim().is_empty() {
+        options = options
+            .ssl_client_cert(tls.cert_file.trim())
+            .ssl_client_key(tls.key_file.trim());
+    }
+    Ok(options)
 }
 
 async fn connect_sqlite(

@@ -38,7 +38,16 @@ impl Actor for ConnectionWorker {
         p: Pipeline,
     ) -> Result<Self::State, ActorProcessingErr> {
         let broker = Broker::connect(&p.config.broker, &p.memory).await?;
-        tracing::info!(queue = %p.config.broker.work_queue, "broker connected; topology declared");
+        tracing::info!(
+            queue = %p.config.broker.work_queue,
+            node = broker.node(),
+            "broker connected; topology declared"
+        );
+        p.tree.set_detail(
+            &p.path("broker/connection"),
+            myself.get_id(),
+            format!("connected to {}", broker.node()),
+        );
         let b = broker.clone();
         let owner = myself.get_cell();
         // The watcher holds a handle on the connection. When this actor dies without its
