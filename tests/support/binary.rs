@@ -22,7 +22,13 @@ pub fn drover_binary() -> tokio::process::Command {
 /// The binary on `env`'s configuration (written to a file), in a directory of its own. Its
 /// logs go to `drover.log` there: a pipe nobody reads would fill up and block it.
 pub fn spawn_binary(env: &TestEnv) -> (tokio::process::Child, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("drover-binary-{}", env.id));
+    spawn_instance(env, "")
+}
+
+/// Like [`spawn_binary`], one of several instances on the same configuration: `name` keeps
+/// their directories (configuration file, log) apart.
+pub fn spawn_instance(env: &TestEnv, name: &str) -> (tokio::process::Child, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("drover-binary-{}{name}", env.id));
     std::fs::create_dir_all(&dir).unwrap();
     let config_file = dir.join("drover.toml");
     std::fs::write(&config_file, toml::to_string(&env.config).unwrap()).unwrap();
