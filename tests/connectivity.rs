@@ -163,8 +163,15 @@ async fn mutual_tls_presents_the_client_certificate() {
     stranger.tls.key_file = tls_file("other-client.key");
     match Broker::connect(&stranger, &MemoryBroker::new()).await {
         Ok(_) => panic!("a client certificate of an untrusted CA was accepted"),
+        // The broker refuses with a TLS alert ("UnknownCA": a certificate error), or, when
+        // the handshake already looked done to the client (TLS 1.3 checks the client's
+        // certificate after the client's last flight), by resetting the connection.
         Err(e) => {
-            assert!(matches!(e, BrokerError::Certificate { .. }), "{e:?}");
+            assert!(
+                matches!(e, BrokerError::Certificate { .. })
+                    || matches!(&e, BrokerError::Connect { reason, .. } if reason.contains("reset")),
+                "{e:?}"
+            );
             println!("untrusted client certificate refused: {e}");
         }
     }
