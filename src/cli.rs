@@ -1,4 +1,4 @@
-//! The command line: `drover [serve]` runs the service; `status`, `kill`, `retry` and
+//! The command line: `drover [serve]` runs the service; `status`, `kill`, `terminate`, `restart`, `retry` and
 //! `redrive` are clients of a running instance's HTTP endpoint; `config` prints the
 //! effective configuration, secrets redacted.
 //!
@@ -42,7 +42,7 @@ pub struct Cli {
     /// from the config, 0.0.0.0 replaced by 127.0.0.1].
     #[arg(long, global = true, value_name = "URL")]
     pub url: Option<String>,
-    /// Admin bearer token, for kill, retry and redrive [default: admin.token from the config,
+    /// Admin bearer token, for kill, terminate, restart, retry and redrive [default: admin.token from the config,
     /// e.g. DROVER_ADMIN__TOKEN].
     #[arg(long, global = true, value_name = "TOKEN")]
     pub token: Option<String>,
@@ -63,6 +63,16 @@ pub enum Command {
     },
     /// Kill the actor at PATH (e.g. root/broker/connection); its supervisor restarts it.
     Kill {
+        /// The actor's path in the tree.
+        path: String,
+    },
+    /// Stop the actor at PATH through its supervisor; it stays stopped until `restart`.
+    Terminate {
+        /// The actor's path in the tree.
+        path: String,
+    },
+    /// Start the terminated actor at PATH again, through its supervisor.
+    Restart {
         /// The actor's path in the tree.
         path: String,
     },
@@ -116,13 +126,15 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         command,
         Command::Status { .. }
             | Command::Kill { .. }
+            | Command::Terminate { .. }
+            | Command::Restart { .. }
             | Command::Retry { .. }
             | Command::Redrive { .. }
     );
     if !client && (cli.url.is_some() || cli.token.is_some()) {
         return Err(Failure::new(
             EXIT_CONFIG,
-            "--url and --token are for the client commands (status, kill, retry, redrive)",
+            "--url and --token are for the client commands (status, kill, terminate, restart, retry, redrive)",
         ));
     }
     let config = Config::load(cli.config.as_deref())
@@ -274,6 +286,19 @@ fn client_command(command: Command, client: Client) -> Result<(), Failure> {
                     None => println!("killed {path}"),
                 }
             }
+            Command::Terminate { path } => {
+                let path = path.trim_matches('/');
+                client.post(&format!("/actors/{path}/terminate")).await?;
+                println!("terminated {path}");
+            }
+            Command::Restart { path } => {
+                let path = path.trim_matches('/');
+                let body = client.post(&format!("/actors/{path}/restart")).await?;
+                match body.get("generation").and_then(|g| g.as_u64()) {
+                    Some(g) => println!("restarted {path} (generation {g})"),
+                    None => println!("restarted {path}"),
+                }
+            }
             Command::Retry { id } => {
                 let body = client
                     .post(&format!("/messages/{}/retry", id.trim()))
@@ -420,6 +445,10 @@ mod tests {
         assert!(matches!(cli.command, Some(Command::Kill { ref path }) if path == "root/x"));
         assert_eq!(cli.url.as_deref(), Some("h:1"));
         assert_eq!(cli.token.as_deref(), Some("t"));
+        let cli = Cli::try_parse_from(["drover", "terminate", "root/y"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Terminate { ref path }) if path == "root/y"));
+        let cli = Cli::try_parse_from(["drover", "restart", "root/y"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Restart { ref path }) if path == "root/y"));
         let cli = Cli::try_parse_from(["drover", "redrive", "--dry-run"]).unwrap();
         assert!(matches!(
             cli.command,

@@ -40,7 +40,9 @@ use drover_actors::pipeline::Pipeline;
 use drover_actors::pipeline::admin::{self, AdminError, Consumption, Intake};
 use drover_actors::pipeline::ops::circuit_level;
 use drover_actors::provider::CircuitState;
+use drover_actors::supervisor::{SupervisorError, SupervisorMessage};
 use drover_actors::tree::{LookupError, NodeStatus, Tree, TreeSnapshot};
+use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -314,6 +316,30 @@ fn error(code: StatusCode, message: &str) -> Response {
     (code, axum::Json(json!({ "error": message }))).into_response()
 }
 
+/// `POST /actors/{path}/{action}`: one route for the actor actions (axum's wildcard must end
+/// the path), each handled below.
+async fn actor_action(
+    State(app): State<AppState>,
+    Path(rest): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err((code, why)) = app.access.destructive(&headers) {
+        return error(code, why);
+    }
+    let Some((path, action)) = rest.rsplit_once('/') else {
+        return error(StatusCode::NOT_FOUND, ACTIONS);
+    };
+    match action {
+        "kill" => kill_actor(&app, path),
+        "terminate" => terminate_actor(&app, path).await,
+        "restart" => restart_actor(&app, path).await,
+        _ => error(StatusCode::NOT_FOUND, ACTIONS),
+    }
+}
+
+const ACTIONS: &str =
+    "unknown action (POST /actors/{path}/kill, /actors/{path}/terminate or /actors/{path}/restart)";
+
 #[utoipa::path(post, path = "/actors/{path}/kill", tag = "admin",
     params(("path" = String, Path, description = "The actor's path in the tree, e.g. `root/broker/consumer`")),
     responses(
@@ -324,20 +350,7 @@ fn error(code: StatusCode, message: &str) -> Response {
         (status = 409, description = "The actor is not running", body = crate::responses::ErrorBody),
     ),
     security(("admin_token" = [])))]
-async fn actor_action(
-    State(app): State<AppState>,
-    Path(rest): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let Some(path) = rest.strip_suffix("/kill") else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "unknown action (try POST /actors/{path}/kill)",
-        );
-    };
-    if let Err((code, why)) = app.access.destructive(&headers) {
-        return error(code, why);
-    }
+fn kill_actor(app: &AppState, path: &str) -> Response {
     let before = app.tree.snapshot();
     let generation = before.find(path).map(|n| n.generation);
     match app.tree.lookup(path) {
@@ -354,6 +367,89 @@ async fn actor_action(
             error(StatusCode::NOT_FOUND, &format!("no actor at `{path}`"))
         }
         Err(e) => error(StatusCode::CONFLICT, &format!("`{path}`: {e}")),
+    }
+}
+
+/// The supervisor of `path` and the child's id there; the refusal's status and reason.
+fn parent_of(
+    app: &AppState,
+    path: &str,
+) -> Result<(ActorRef<SupervisorMessage>, String), (StatusCode, String)> {
+    let Some((parent, id)) = path.rsplit_once('/') else {
+        return Err((
+            StatusCode::CONFLICT,
+            format!("`{path}` is the root: it has no supervisor (stop the process instead)"),
+        ));
+    };
+    app.tree
+        .handle(parent)
+        .actor_ref::<SupervisorMessage>()
+        .map(|sup| (sup, id.to_owned()))
+        .map_err(|e| match e {
+            LookupError::NotFound => (
+                StatusCode::NOT_FOUND,
+                format!("no supervisor at `{parent}`"),
+            ),
+            e => (StatusCode::CONFLICT, format!("`{parent}`: {e}")),
+        })
+}
+
+/// A supervisor's refusal as an HTTP status.
+fn supervisor_refusal(path: &str, e: &SupervisorError) -> Response {
+    let code = match e {
+        SupervisorError::NoSuchChild(_) => StatusCode::NOT_FOUND,
+        SupervisorError::Unreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::CONFLICT,
+    };
+    error(code, &format!("`{path}`: {e}"))
+}
+
+#[utoipa::path(post, path = "/actors/{path}/terminate", tag = "admin",
+    params(("path" = String, Path, description = "The actor's path in the tree, e.g. `root/scheduler`")),
+    responses(
+        (status = 200, description = "Stopped by its supervisor with its shutdown policy; not restarted until `restart`", body = crate::responses::Terminated),
+        (status = 401, description = "Not the admin token", body = crate::responses::ErrorBody),
+        (status = 403, description = "admin.allow_destructive_actions is off", body = crate::responses::ErrorBody),
+        (status = 404, description = "No such actor or action", body = crate::responses::ErrorBody),
+        (status = 409, description = "The root, or its supervisor is not running", body = crate::responses::ErrorBody),
+        (status = 503, description = "Its supervisor did not answer", body = crate::responses::ErrorBody),
+    ),
+    security(("admin_token" = [])))]
+async fn terminate_actor(app: &AppState, path: &str) -> Response {
+    let (sup, id) = match parent_of(app, path) {
+        Ok(p) => p,
+        Err((code, why)) => return error(code, &why),
+    };
+    tracing::warn!(actor = %path, "terminating actor on operator request");
+    match drover_actors::supervisor::terminate_child(&sup, &id).await {
+        Ok(()) => axum::Json(json!({ "terminated": path })).into_response(),
+        Err(e) => supervisor_refusal(path, &e),
+    }
+}
+
+#[utoipa::path(post, path = "/actors/{path}/restart", tag = "admin",
+    params(("path" = String, Path, description = "The path of a terminated actor, e.g. `root/scheduler`")),
+    responses(
+        (status = 200, description = "Started again by its supervisor", body = crate::responses::Restarted),
+        (status = 401, description = "Not the admin token", body = crate::responses::ErrorBody),
+        (status = 403, description = "admin.allow_destructive_actions is off", body = crate::responses::ErrorBody),
+        (status = 404, description = "No such actor or action", body = crate::responses::ErrorBody),
+        (status = 409, description = "It is running or restarting, its start failed, or it is the root", body = crate::responses::ErrorBody),
+        (status = 503, description = "Its supervisor did not answer", body = crate::responses::ErrorBody),
+    ),
+    security(("admin_token" = [])))]
+async fn restart_actor(app: &AppState, path: &str) -> Response {
+    let (sup, id) = match parent_of(app, path) {
+        Ok(p) => p,
+        Err((code, why)) => return error(code, &why),
+    };
+    tracing::warn!(actor = %path, "restarting actor on operator request");
+    match drover_actors::supervisor::restart_child(&sup, &id).await {
+        Ok(()) => {
+            let generation = app.tree.snapshot().find(path).map(|n| n.generation);
+            axum::Json(json!({ "restarted": path, "generation": generation })).into_response()
+        }
+        Err(e) => supervisor_refusal(path, &e),
     }
 }
 

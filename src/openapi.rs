@@ -11,8 +11,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::responses::{
-    Accepted, Consumption, Duplicate, ErrorBody, Killed, RedriveDryRun, Redriving, Retried,
-    SubmitMessage,
+    Accepted, Consumption, Duplicate, ErrorBody, Killed, RedriveDryRun, Redriving, Restarted,
+    Retried, SubmitMessage, Terminated,
 };
 
 /// Name of the security scheme of `api.token`.
@@ -64,14 +64,17 @@ impl Modify for SecuritySchemes {
         crate::http::openapi_json,
         crate::http::accept_message,
         crate::http::get_message,
-        crate::http::actor_action,
+        crate::http::kill_actor,
+        crate::http::terminate_actor,
+        crate::http::restart_actor,
         crate::http::retry_message,
         crate::http::redrive,
         crate::http::pause,
         crate::http::resume,
     ),
     components(schemas(
-        SubmitMessage, Accepted, Duplicate, ErrorBody, Killed, Retried, RedriveDryRun, Redriving,
+        SubmitMessage, Accepted, Duplicate, ErrorBody, Killed, Terminated, Restarted, Retried,
+        RedriveDryRun, Redriving,
         Consumption, MessageRecord, AttemptRecord, MessageStatus, OutcomeKind
     )),
     modifiers(&SecuritySchemes),
@@ -103,6 +106,8 @@ mod tests {
             "/messages",
             "/messages/{id}",
             "/actors/{path}/kill",
+            "/actors/{path}/terminate",
+            "/actors/{path}/restart",
             "/messages/{id}/retry",
             "/failed/redrive",
             "/consumption/pause",

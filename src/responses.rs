@@ -69,6 +69,20 @@ pub struct Killed {
     pub generation: Option<u64>,
 }
 
+/// `200` to `POST /actors/{path}/terminate`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Terminated {
+    pub terminated: String,
+}
+
+/// `200` to `POST /actors/{path}/restart`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Restarted {
+    pub restarted: String,
+    /// The new incarnation's generation.
+    pub generation: Option<u64>,
+}
+
 /// `202` to `POST /messages/{id}/retry`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Retried {

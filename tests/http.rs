@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use drover::Config;
 use drover::http::router;
-use drover_actors::tree::{EventKind, ExitClass, TreeEvent};
+use drover_actors::tree::{EventKind, ExitClass, NodeStatus, TreeEvent};
 use http_body_util::BodyExt;
 use tokio::sync::broadcast;
 use tower::ServiceExt;
@@ -85,7 +85,7 @@ async fn status_returns_the_live_tree_as_json_and_text() {
         .collect();
     assert_eq!(
         names,
-        ["ticker", "flaky", "pool", "feeder"],
+        ["ticker", "flaky", "pool", "feeder", "batch"],
         "children in start order"
     );
     assert!(
@@ -160,6 +160,59 @@ async fn kill_requires_token_then_switch_and_knows_paths() {
             .restarts,
         0
     );
+    app.shutdown().await.unwrap();
+}
+
+/// `drover terminate` / `drover restart` underneath: the actor's supervisor stops it (not
+/// restarted), then starts it again; a running actor cannot be restarted, the root has no
+/// supervisor to ask, and both need the admin token and the destructive switch like kill.
+#[tokio::test(start_paused = true)]
+async fn terminate_then_restart_through_the_supervisor() {
+    let app = drover::start(test_config("t", true)).await.unwrap();
+    let r = router(app.tree.clone(), test_config("t", true).admin, None);
+    let off = router(app.tree.clone(), test_config("t", false).admin, None);
+    let ticker = "root/demo/ticker";
+    let terminate = format!("/actors/{ticker}/terminate");
+    let restart = format!("/actors/{ticker}/restart");
+    assert_eq!(
+        call(&r, "POST", &terminate, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&off, "POST", &terminate, Some("t")).await.0,
+        StatusCode::FORBIDDEN
+    );
+
+    let (code, body) = call(&r, "POST", &restart, Some("t")).await;
+    assert_eq!(code, StatusCode::CONFLICT, "a running actor: {body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("is running"),
+        "{body}"
+    );
+
+    let (code, body) = call(&r, "POST", &terminate, Some("t")).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["terminated"], ticker);
+    let node = app.tree.snapshot().find(ticker).unwrap().clone();
+    assert_eq!(node.status, NodeStatus::Stopped);
+
+    let (code, body) = call(&r, "POST", &restart, Some("t")).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["restarted"], ticker);
+    assert_eq!(body["generation"], 2);
+    assert_eq!(
+        app.tree.snapshot().find(ticker).unwrap().status,
+        NodeStatus::Running
+    );
+
+    let (code, body) = call(&r, "POST", "/actors/root/terminate", Some("t")).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("is the root"),
+        "{body}"
+    );
+    let (code, _) = call(&r, "POST", "/actors/root/demo/nope/restart", Some("t")).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
     app.shutdown().await.unwrap();
 }
 

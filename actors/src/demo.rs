@@ -6,7 +6,10 @@
 //!
 //! **Supervises** (in start order): `ticker` (worker, permanent), `flaky` (worker, permanent,
 //! backoff from config), `pool` (supervisor, one_for_one, dynamic `job` workers, temporary),
-//! `feeder` (worker, permanent; starts a job in `pool` on a timer).
+//! `feeder` (worker, permanent; starts a job in `pool` on a timer), `batch` (supervisor,
+//! transient, `auto_shutdown = all_significant`: two significant temporary `step` workers of
+//! different lengths; once both have finished, the batch supervisor ends by itself, normally,
+//! and stays `stopped`: OTP 24's significant children).
 //! **Strategy**: rest_for_one: if `pool` dies, `feeder` (which holds its address) restarts too.
 //! **Intensity**: from `[supervision]`.
 //! **Supervised by**: the root supervisor.
@@ -18,7 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::supervisor::config::SupervisionConfig;
 use crate::supervisor::{
-    ChildSpec, Restart, Shutdown, Strategy, SupervisorMessage, SupervisorSpec, start_child,
+    AutoShutdown, ChildSpec, Restart, Shutdown, Strategy, SupervisorMessage, SupervisorSpec,
+    start_child,
 };
 use crate::tree::{LookupError, Tree};
 
@@ -96,6 +100,20 @@ pub fn demo_spec(config: &DemoConfig, supervision: &SupervisionConfig) -> Superv
                 )
             })
             .backoff(supervision.backoff),
+        )
+        .child(
+            ChildSpec::supervisor("batch", move |_| {
+                let step = |id: &str, life: Duration| {
+                    ChildSpec::worker(id, move |_| (JobWorker, life))
+                        .restart(Restart::Temporary)
+                        .significant(true)
+                };
+                SupervisorSpec::new(Strategy::OneForOne, intensity)
+                    .auto_shutdown(AutoShutdown::AllSignificant)
+                    .child(step("step-1", job_ms))
+                    .child(step("step-2", job_ms * 2))
+            })
+            .restart(Restart::Transient),
         )
 }
 

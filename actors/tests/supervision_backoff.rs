@@ -801,14 +801,14 @@ async fn shutdown_timeout_kills_and_does_not_block_siblings() {
         vec![
             exited(
                 "brutal",
-                ExitClass::Shutdown,
-                &format!("shutdown (brutal_kill) {why}"),
+                ExitClass::Killed,
+                &format!("killed (brutal_kill) {why}"),
                 0
             ),
             exited(
                 "failing",
-                ExitClass::Shutdown,
-                &format!("shutdown {why}"),
+                ExitClass::Abnormal,
+                &format!("stop hook failed: post_stop failed {why}"),
                 0
             ),
             exited("hang_handler", ExitClass::Killed, &killed, 1000),
@@ -850,7 +850,7 @@ async fn shutdown_timeout_kills_and_does_not_block_siblings() {
     assert!(hp.last_exits[0].reason.contains("shutdown timeout"));
     assert_eq!(
         snap.find("root/brutal").unwrap().last_exits[0].class,
-        ExitClass::Shutdown
+        ExitClass::Killed
     );
     assert_eq!(snap.find("root").unwrap().status, NodeStatus::Stopped);
 }

@@ -8,8 +8,14 @@
 //! **Intensity**: per spec: more than `max_restarts` restart attempts (failed ones included)
 //! in a sliding `period` and it gives up: it stops its children in reverse order and fails to
 //! its parent with a reason saying so.
+//! **Auto shutdown**: per spec (OTP 24): with `any_significant` / `all_significant` it ends
+//! itself, with reason `shutdown: auto_shutdown`, once its significant children have ended.
 //! **Supervised by**: its parent `Supervisor` (through [`ChildSpec::supervisor`]), or nobody
 //! when it is the root, in which case [`Tree::gave_up`] tells why it gave up.
+//!
+//! Its spec is validated at start ([`SupervisorSpec::validate`]); children are administered
+//! at run time with [`start_static_child`], [`terminate_child`], [`terminate_child_by_id`],
+//! [`restart_child`], [`delete_child`], [`which_children`] and [`count_children`], OTP's API.
 //!
 //! What it overrides in ractor: ractor's default `handle_supervisor_evt` stops the parent when
 //! any child exits, keeps children unordered, kills (without `post_stop`) the subtree of an
@@ -26,9 +32,10 @@
 pub mod backoff;
 pub mod config;
 pub mod policy;
+pub mod reported;
 pub mod spec;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,7 +49,8 @@ use tokio::time::Instant;
 
 pub use backoff::{Backoff, SplitMix64};
 pub use spec::{
-    ChildCtx, ChildSpec, DynArgs, DynamicSpec, Intensity, Restart, Shutdown, StartFn, Strategy,
+    AutoShutdown, ChildCtx, ChildSpec, DynArgs, DynamicSpec, Intensity, Restart, Shutdown, StartFn,
+    Strategy,
 };
 
 use crate::tree::{EventKind, ExitClass, NodeKind, NodeRecord, NodeStatus, SupervisorInfo, Tree};
@@ -65,6 +73,21 @@ pub enum SupervisorError {
     GaveUp { path: String, reason: String },
     #[error("supervisor unreachable: {0}")]
     Unreachable(String),
+    /// The spec cannot work (OTP refuses it at start too).
+    #[error("invalid supervisor spec: {field}: {reason}")]
+    InvalidSpec { field: String, reason: String },
+    /// `start_child` of a static spec whose id is taken by a terminated child.
+    #[error("child `{0}` is already present (terminated): restart or delete it")]
+    AlreadyPresent(String),
+    /// `start_child` of a static spec whose id is taken by a running child.
+    #[error("child `{0}` is already started")]
+    AlreadyStarted(String),
+    /// `restart_child` / `delete_child` of a running child.
+    #[error("child `{0}` is running")]
+    Running(String),
+    /// `restart_child` / `delete_child` of a child being restarted by its supervisor.
+    #[error("child `{0}` is restarting")]
+    Restarting(String),
 }
 
 /// What a supervisor starts and how it reacts.
@@ -77,6 +100,31 @@ pub struct SupervisorSpec {
     pub dynamic: Option<DynamicSpec>,
     /// Seed of the backoff jitter.
     pub seed: u64,
+    /// Whether the end of significant children ends this supervisor.
+    pub auto_shutdown: AutoShutdown,
+}
+
+fn check_significant(
+    c: &ChildSpec,
+    auto_shutdown: AutoShutdown,
+    field: &str,
+) -> Result<(), SupervisorError> {
+    let reason = if !c.significant {
+        return Ok(());
+    } else if c.restart == Restart::Permanent {
+        format!(
+            "`{}` is permanent: only transient or temporary children can be significant",
+            c.id
+        )
+    } else if auto_shutdown == AutoShutdown::Never {
+        format!("`{}` is significant but auto_shutdown is never", c.id)
+    } else {
+        return Ok(());
+    };
+    Err(SupervisorError::InvalidSpec {
+        field: field.to_owned(),
+        reason,
+    })
 }
 
 impl SupervisorSpec {
@@ -87,7 +135,56 @@ impl SupervisorSpec {
             children: Vec::new(),
             dynamic: None,
             seed: 0x5EED,
+            auto_shutdown: AutoShutdown::Never,
         }
+    }
+
+    pub fn auto_shutdown(mut self, auto_shutdown: AutoShutdown) -> Self {
+        self.auto_shutdown = auto_shutdown;
+        self
+    }
+
+    /// Check the spec as OTP's `supervisor:check_childspecs/1` and its flag checks do: unique
+    /// child ids (static ones, and the dynamic template's prefix apart from them), a
+    /// non-zero period, a dynamic template with an id and room for at least one child,
+    /// significant children only transient or temporary and only with an `auto_shutdown`.
+    pub fn validate(&self) -> Result<(), SupervisorError> {
+        let invalid = |field: &str, reason: String| {
+            Err(SupervisorError::InvalidSpec {
+                field: field.to_owned(),
+                reason,
+            })
+        };
+        if self.intensity.period.is_zero() {
+            return invalid("intensity.period", "must be positive".into());
+        }
+        let mut seen = HashSet::new();
+        for c in &self.children {
+            if c.id.is_empty() || c.id.contains('/') {
+                return invalid("children.id", format!("{:?} is empty or holds a '/'", c.id));
+            }
+            if !seen.insert(c.id.as_str()) {
+                return invalid("children.id", format!("duplicate child id `{}`", c.id));
+            }
+            check_significant(c, self.auto_shutdown, "children.significant")?;
+        }
+        if let Some(d) = &self.dynamic {
+            if d.template.id.is_empty() || d.template.id.contains('/') {
+                return invalid(
+                    "dynamic.template.id",
+                    format!("{:?} is empty or holds a '/'", d.template.id),
+                );
+            }
+            if d.max_children == 0 {
+                return invalid("dynamic.max_children", "must be at least 1".into());
+            }
+            check_significant(
+                &d.template,
+                self.auto_shutdown,
+                "dynamic.template.significant",
+            )?;
+        }
+        Ok(())
     }
 
     pub fn child(mut self, child: ChildSpec) -> Self {
@@ -183,6 +280,27 @@ pub enum SupervisorMessage {
         id: String,
         reply: RpcReplyPort<Result<(), SupervisorError>>,
     },
+    /// Stop the dynamic or static child that is this actor (OTP's `terminate_child` by pid).
+    TerminateChildById {
+        actor: ActorId,
+        reply: RpcReplyPort<Result<(), SupervisorError>>,
+    },
+    /// Add a static child at run time, after the others, and start it at once (OTP's
+    /// `start_child` of a child spec).
+    StartStaticChild {
+        spec: Box<ChildSpec>,
+        reply: RpcReplyPort<Result<ActorCell, SupervisorError>>,
+    },
+    /// Start a terminated static child again (OTP's `restart_child`).
+    RestartChild {
+        id: String,
+        reply: RpcReplyPort<Result<(), SupervisorError>>,
+    },
+    /// Remove a terminated static child's spec (OTP's `delete_child`).
+    DeleteChild {
+        id: String,
+        reply: RpcReplyPort<Result<(), SupervisorError>>,
+    },
     WhichChildren(RpcReplyPort<Vec<ChildInfo>>),
     CountChildren(RpcReplyPort<ChildCounts>),
     /// Internal: a backoff timer fired.
@@ -226,6 +344,8 @@ struct Child {
     watchdog: Watchdog,
     /// Set when the supervisor kills it on purpose (watchdog), to classify the exit.
     pending_exit: Option<(ExitClass, String)>,
+    /// The current incarnation's failing stop hook, if it failed ([`reported::Reported`]).
+    stop_error: reported::StopError,
     removed: bool,
 }
 
@@ -247,6 +367,7 @@ impl Child {
             watcher: None,
             watchdog: Watchdog::disabled(),
             pending_exit: None,
+            stop_error: Default::default(),
             removed: false,
         }
     }
@@ -276,12 +397,16 @@ pub struct SupervisorState {
     /// Spawned starts whose `StartDone` has not been handled yet.
     starts_in_flight: usize,
     window: std::collections::VecDeque<Instant>,
-    queue: BTreeSet<usize>,
-    queue_inflight: Option<usize>,
-    queue_hold_until: Option<Instant>,
+    /// Group restarts (one_for_all, rest_for_one): static children to start again, in start
+    /// order, each not before its own time (its own backoff: a sibling queued without one
+    /// does not wait for another's).
+    queue: BTreeMap<usize, Instant>,
+    /// The queued child whose start is in flight, with the token of that start.
+    queue_inflight: Option<(usize, u64)>,
     queue_token: u64,
     shutting_down: bool,
     gave_up: Option<String>,
+    auto_shutdown: AutoShutdown,
 }
 
 impl std::fmt::Debug for SupervisorState {
@@ -389,6 +514,7 @@ impl SupervisorState {
             Watchdog::disabled()
         };
         c.watchdog = watchdog.clone();
+        c.stop_error = Default::default();
         let ctx = ChildCtx {
             supervisor: myself.clone(),
             path: c.path.clone(),
@@ -396,6 +522,8 @@ impl SupervisorState {
             tree,
             watchdog,
             args: c.args.clone(),
+            spawned: Default::default(),
+            stop_error: c.stop_error.clone(),
         };
         let out = (c.spec.start.clone(), c.spec.start_timeout, ctx);
         self.publish(key);
@@ -463,7 +591,7 @@ impl SupervisorState {
     }
 
     /// Take a child's live cell out of the books before stopping it on purpose.
-    fn detach(&mut self, key: ChildKey) -> Option<(ActorCell, Shutdown)> {
+    fn detach(&mut self, key: ChildKey) -> Option<(ActorCell, Shutdown, reported::StopError)> {
         let c = self.child_mut(key)?;
         c.token += 1;
         if let Some(w) = c.watcher.take() {
@@ -471,6 +599,7 @@ impl SupervisorState {
         }
         let cell = c.cell.take()?;
         let policy = c.spec.shutdown;
+        let c_stop_error = c.stop_error.clone();
         let (path, generation) = (c.path.clone(), c.generation);
         c.status = NodeStatus::Stopping;
         self.by_id.remove(&cell.get_id());
@@ -481,8 +610,9 @@ impl SupervisorState {
             return None;
         }
         self.expected.insert(cell.get_id());
+        let stop_error = c_stop_error;
         self.publish(key);
-        Some((cell, policy))
+        Some((cell, policy, stop_error))
     }
 
     /// Stop the given children: dynamic ones in parallel, then static ones one by one in the
@@ -492,25 +622,25 @@ impl SupervisorState {
             keys.iter().partition(|k| matches!(k, ChildKey::Dynamic(_)));
         let mut parallel = Vec::new();
         for k in dyn_keys {
-            if let Some((cell, policy)) = self.detach(k) {
-                parallel.push((k, cell, policy));
+            if let Some((cell, policy, stop_error)) = self.detach(k) {
+                parallel.push((k, cell, policy, stop_error));
             } else {
                 self.set_status(k, status_after);
             }
         }
-        let results = join_all(
-            parallel
-                .into_iter()
-                .map(|(k, cell, policy)| async move { (k, shutdown_cell(cell, policy).await) }),
-        )
+        let results = join_all(parallel.into_iter().map(
+            |(k, cell, policy, stop_error)| async move {
+                (k, shutdown_cell(cell, policy, &stop_error).await)
+            },
+        ))
         .await;
         for (k, (class, reason)) in results {
             self.record_exit(k, class, format!("{reason} ({why})"));
             self.set_status(k, status_after);
         }
         for k in static_keys {
-            if let Some((cell, policy)) = self.detach(k) {
-                let (class, reason) = shutdown_cell(cell, policy).await;
+            if let Some((cell, policy, stop_error)) = self.detach(k) {
+                let (class, reason) = shutdown_cell(cell, policy, &stop_error).await;
                 self.record_exit(k, class, format!("{reason} ({why})"));
             }
             self.set_status(k, status_after);
@@ -685,7 +815,10 @@ impl SupervisorState {
         let at = Instant::now() + delay;
         match key {
             ChildKey::Static(i) if self.group_strategy() => {
-                if !after_failed_start {
+                // one_for_all restarts the whole group again when a sibling fails to start
+                // during a group restart (OTP's one_for_all_other_child_fails_restart);
+                // rest_for_one re-queues only it (those before it are already up).
+                if !after_failed_start || self.strategy == Strategy::OneForAll {
                     let group: Vec<usize> = match self.strategy {
                         Strategy::OneForAll => (0..self.statics.len()).collect(),
                         _ => (i..self.statics.len()).collect(),
@@ -700,35 +833,27 @@ impl SupervisorState {
                         .filter(|j| **j != i)
                         .map(|j| ChildKey::Static(*j))
                         .collect();
-                    if self.queue_inflight.is_some_and(|j| group.contains(&j)) {
+                    if self.queue_inflight.is_some_and(|(j, _)| group.contains(&j)) {
                         self.queue_inflight = None;
                     }
                     let why = format!("sibling `{id}` failed");
                     self.stop_group(&others, &why).await;
                     for j in group {
                         if !self.statics[j].removed {
-                            self.queue.insert(j);
+                            self.enqueue(j, at);
                         }
                     }
                 } else {
-                    self.queue.insert(i);
+                    self.enqueue(i, at);
                 }
-                for j in self.queue.clone() {
+                for j in self.queue.keys().copied().collect::<Vec<_>>() {
                     if j != i {
                         self.set_status(ChildKey::Static(j), NodeStatus::Restarting);
                     }
                 }
-                let hold = self.queue_hold_until.map_or(at, |h| h.max(at));
-                self.queue_hold_until = Some(hold);
-                self.queue_token += 1;
+                let hold = self.queue.get(&i).copied().unwrap_or(at);
                 self.mark_backing_off(key, hold, delay);
-                self.schedule(
-                    myself,
-                    hold,
-                    Due::Queue {
-                        token: self.queue_token,
-                    },
-                );
+                self.drive_queue(myself);
             }
             _ => {
                 self.mark_backing_off(key, at, delay);
@@ -787,21 +912,42 @@ impl SupervisorState {
         );
     }
 
-    /// Start the next queued static child, if the queue may go on.
+    /// Queue static child `j` for a group restart not before `at`; a child already queued
+    /// keeps the later of its time and `at` (its own backoff is not cut short).
+    fn enqueue(&mut self, j: usize, at: Instant) {
+        let hold = self.queue.get(&j).map_or(at, |h| (*h).max(at));
+        self.queue.insert(j, hold);
+    }
+
+    /// Take a static child out of the group restart queue (it was terminated).
+    fn dequeue(&mut self, i: usize) {
+        self.queue.remove(&i);
+        if self.queue_inflight.is_some_and(|(j, _)| j == i) {
+            self.queue_inflight = None;
+        }
+    }
+
+    /// Start the next queued static child if its time has come, else wake up then. One at
+    /// a time, in start order.
     fn drive_queue(&mut self, myself: &ActorRef<SupervisorMessage>) {
         if self.shutting_down || self.queue_inflight.is_some() {
             return;
         }
-        if self.queue_hold_until.is_some_and(|h| h > Instant::now()) {
-            return;
-        }
-        self.queue_hold_until = None;
-        while let Some(i) = self.queue.pop_first() {
+        while let Some((&i, &hold)) = self.queue.first_key_value() {
             if self.statics[i].removed {
+                self.queue.remove(&i);
                 continue;
             }
-            self.queue_inflight = Some(i);
+            if hold > Instant::now() {
+                self.queue_token += 1;
+                let token = self.queue_token;
+                self.schedule(myself, hold, Due::Queue { token });
+                return;
+            }
+            self.queue.remove(&i);
             self.spawn_start(myself, ChildKey::Static(i));
+            let token = self.statics[i].token;
+            self.queue_inflight = Some((i, token));
             return;
         }
     }
@@ -844,8 +990,13 @@ impl SupervisorState {
             Restart::Transient => class.is_abnormal(),
             Restart::Temporary => false,
         } && !shutting_down;
-        let (kind, restart_type, path, generation) =
-            (c.spec.kind, c.spec.restart, c.path.clone(), c.generation);
+        let (kind, restart_type, path, generation, significant) = (
+            c.spec.kind,
+            c.spec.restart,
+            c.path.clone(),
+            c.generation,
+            c.spec.significant,
+        );
         if class.is_abnormal() {
             tracing::info!(child = %path, generation, ?class, %reason, restart, "child exited");
         } else {
@@ -873,7 +1024,106 @@ impl SupervisorState {
             self.set_status(key, NodeStatus::Stopped);
         }
         self.tree.emit(&path, generation, EventKind::Stopped);
+        if significant && !shutting_down && self.auto_shutdown_due() {
+            tracing::info!(supervisor = %self.path, child = %path, "significant child ended: auto_shutdown");
+            myself.stop(Some("shutdown: auto_shutdown".into()));
+        }
         Ok(())
+    }
+
+    /// Stop a child on request; it is not restarted. A dynamic or temporary child's spec goes
+    /// (OTP keeps no spec of a temporary child); a static one stays `stopped`, out of any
+    /// pending group restart.
+    async fn terminate(&mut self, myself: &ActorRef<SupervisorMessage>, key: ChildKey) {
+        if let ChildKey::Static(i) = key {
+            self.dequeue(i);
+        }
+        self.stop_children(&[key], NodeStatus::Stopped, "terminated on request")
+            .await;
+        let temporary = self
+            .child(key)
+            .is_some_and(|c| c.spec.restart == Restart::Temporary);
+        if matches!(key, ChildKey::Dynamic(_)) || temporary {
+            self.remove_child(key);
+        }
+        self.drive_queue(myself);
+    }
+
+    /// The index of static child `id` if it is terminated (restartable, deletable).
+    fn terminated_static(&self, id: &str) -> Result<usize, SupervisorError> {
+        let Some(ChildKey::Static(i)) = self.child_key_by_id(id) else {
+            return Err(SupervisorError::NoSuchChild(id.to_owned()));
+        };
+        match self.statics[i].status {
+            NodeStatus::Stopped => Ok(i),
+            NodeStatus::Running | NodeStatus::Starting | NodeStatus::Stopping => {
+                Err(SupervisorError::Running(id.to_owned()))
+            }
+            _ => Err(SupervisorError::Restarting(id.to_owned())),
+        }
+    }
+
+    /// Append a static child at run time and start it at once.
+    async fn add_static(
+        &mut self,
+        myself: &ActorRef<SupervisorMessage>,
+        spec: ChildSpec,
+    ) -> Result<ActorCell, SupervisorError> {
+        if self.shutting_down {
+            return Err(SupervisorError::ShuttingDown);
+        }
+        if let Some(ChildKey::Static(i)) = self.child_key_by_id(&spec.id) {
+            return Err(match self.statics[i].status {
+                NodeStatus::Stopped => SupervisorError::AlreadyPresent(spec.id),
+                _ => SupervisorError::AlreadyStarted(spec.id),
+            });
+        }
+        if spec.id.is_empty() || spec.id.contains('/') {
+            return Err(SupervisorError::InvalidSpec {
+                field: "id".into(),
+                reason: format!("{:?} is empty or holds a '/'", spec.id),
+            });
+        }
+        check_significant(&spec, self.auto_shutdown, "significant")?;
+        let i = self.statics.len();
+        let id = spec.id.clone();
+        let path = format!("{}/{id}", self.path);
+        let order = i as u64;
+        self.tree
+            .insert(&path, NodeRecord::new(spec.kind, spec.restart, order));
+        self.statics
+            .push(Child::new(spec, None, id.clone(), path, order));
+        let key = ChildKey::Static(i);
+        match self.start_inline(myself, key).await {
+            Ok(()) => self.child(key).and_then(|c| c.cell.clone()).ok_or_else(|| {
+                SupervisorError::StartFailed {
+                    child: id,
+                    reason: "exited during start".into(),
+                }
+            }),
+            Err((_, reason)) => {
+                // OTP: a child that fails to start is not added.
+                self.remove_child(key);
+                Err(SupervisorError::StartFailed { child: id, reason })
+            }
+        }
+    }
+
+    /// After a significant child ended without a restart: whether this supervisor ends
+    /// (its `auto_shutdown`).
+    fn auto_shutdown_due(&self) -> bool {
+        let alive = || {
+            self.statics
+                .iter()
+                .filter(|c| !c.removed)
+                .chain(self.dyns.values())
+                .any(|c| c.spec.significant && c.status != NodeStatus::Stopped)
+        };
+        match self.auto_shutdown {
+            AutoShutdown::Never => false,
+            AutoShutdown::AnySignificant => true,
+            AutoShutdown::AllSignificant => !alive(),
+        }
     }
 
     fn child_key_by_id(&self, id: &str) -> Option<ChildKey> {
@@ -893,22 +1143,46 @@ async fn run_start(
     timeout: Duration,
     ctx: ChildCtx,
 ) -> Result<ActorCell, (ExitClass, String)> {
+    let spawned = ctx.spawned.clone();
     match tokio::time::timeout(timeout, start(ctx)).await {
         Ok(Ok(cell)) => Ok(cell),
         Ok(Err(e)) => Err((ExitClass::StartFailed, e.to_string())),
-        Err(_) => Err((
-            ExitClass::Timeout,
-            format!("start did not return within {} ms", timeout.as_millis()),
-        )),
+        Err(_) => {
+            // It may have spawned its actor before overrunning: that incarnation is nobody's
+            // and must not run beside the next one.
+            let orphans = std::mem::take(&mut *spawned.lock());
+            for cell in &orphans {
+                let _ = cell.kill_and_wait(None).await;
+            }
+            Err((
+                ExitClass::Timeout,
+                format!("start did not return within {} ms", timeout.as_millis()),
+            ))
+        }
     }
 }
 
-/// Stop one cell per its shutdown policy; returns how it ended.
-async fn shutdown_cell(cell: ActorCell, policy: Shutdown) -> (ExitClass, String) {
+/// Stop one cell per its shutdown policy; returns how it ended. A stop hook that failed
+/// makes it abnormal.
+async fn shutdown_cell(
+    cell: ActorCell,
+    policy: Shutdown,
+    stop_error: &reported::StopError,
+) -> (ExitClass, String) {
+    let ended = stop_per_policy(cell, policy).await;
+    match stop_error.lock().take() {
+        Some(e) if ended.0 == ExitClass::Shutdown => {
+            (ExitClass::Abnormal, format!("stop hook failed: {e}"))
+        }
+        _ => ended,
+    }
+}
+
+async fn stop_per_policy(cell: ActorCell, policy: Shutdown) -> (ExitClass, String) {
     match policy {
         Shutdown::BrutalKill => {
             let _ = cell.kill_and_wait(None).await;
-            (ExitClass::Shutdown, "shutdown (brutal_kill)".into())
+            (ExitClass::Killed, "killed (brutal_kill)".into())
         }
         Shutdown::Timeout(d) => match cell.stop_and_wait(Some("shutdown".into()), Some(d)).await {
             Err(RactorErr::Timeout) => {
@@ -941,6 +1215,7 @@ impl Actor for Supervisor {
         args: SupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let SupervisorArgs { spec, tree, path } = args;
+        spec.validate()?;
         let root = !path.contains('/');
         if root || tree.update(&path, |_| ()).is_none() {
             tree.insert(
@@ -973,12 +1248,12 @@ impl Actor for Supervisor {
             early_exits: HashMap::new(),
             starts_in_flight: 0,
             window: Default::default(),
-            queue: BTreeSet::new(),
+            queue: BTreeMap::new(),
             queue_inflight: None,
-            queue_hold_until: None,
             queue_token: 0,
             shutting_down: false,
             gave_up: None,
+            auto_shutdown: spec.auto_shutdown,
         };
         state.publish_self();
         for i in 0..state.statics.len() {
@@ -1051,15 +1326,47 @@ impl Actor for Supervisor {
                 let result = match state.child_key_by_id(&id) {
                     None => Err(SupervisorError::NoSuchChild(id)),
                     Some(key) => {
-                        state
-                            .stop_children(&[key], NodeStatus::Stopped, "terminated on request")
-                            .await;
-                        if matches!(key, ChildKey::Dynamic(_)) {
-                            state.remove_child(key);
-                        }
+                        state.terminate(&myself, key).await;
                         Ok(())
                     }
                 };
+                let _ = reply.send(result);
+            }
+            SupervisorMessage::TerminateChildById { actor, reply } => {
+                let result = match state.by_id.get(&actor).copied() {
+                    None => Err(SupervisorError::NoSuchChild(actor.to_string())),
+                    Some(key) => {
+                        state.terminate(&myself, key).await;
+                        Ok(())
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            SupervisorMessage::StartStaticChild { spec, reply } => {
+                let result = state.add_static(&myself, *spec).await;
+                let _ = reply.send(result);
+            }
+            SupervisorMessage::RestartChild { id, reply } => {
+                let result = match state.terminated_static(&id) {
+                    Err(e) => Err(e),
+                    Ok(i) => state
+                        .start_inline(&myself, ChildKey::Static(i))
+                        .await
+                        .map_err(|(class, reason)| {
+                            state.record_exit(ChildKey::Static(i), class, reason.clone());
+                            state.set_status(ChildKey::Static(i), NodeStatus::Stopped);
+                            SupervisorError::StartFailed {
+                                child: id.clone(),
+                                reason,
+                            }
+                        }),
+                };
+                let _ = reply.send(result);
+            }
+            SupervisorMessage::DeleteChild { id, reply } => {
+                let result = state
+                    .terminated_static(&id)
+                    .map(|i| state.remove_child(ChildKey::Static(i)));
                 let _ = reply.send(result);
             }
             SupervisorMessage::WhichChildren(reply) => {
@@ -1129,6 +1436,13 @@ impl Actor for Supervisor {
                 if state.starts_in_flight == 0 {
                     state.early_exits.clear();
                 }
+                // The queue goes on after this start, current or not (a stale report that
+                // left the marker set stalled the group restart for good).
+                if let ChildKey::Static(i) = key {
+                    if state.queue_inflight == Some((i, token)) {
+                        state.queue_inflight = None;
+                    }
+                }
                 let current =
                     state.child(key).is_some_and(|c| c.token == token) && !state.shutting_down;
                 if !current {
@@ -1139,12 +1453,8 @@ impl Actor for Supervisor {
                         }
                         cell.kill();
                     }
+                    state.drive_queue(&myself);
                     return Ok(());
-                }
-                if let ChildKey::Static(i) = key {
-                    if state.queue_inflight == Some(i) {
-                        state.queue_inflight = None;
-                    }
                 }
                 match result {
                     Ok(cell) => {
@@ -1310,4 +1620,50 @@ pub async fn which_children(
 ) -> Result<Vec<ChildInfo>, SupervisorError> {
     ractor::call!(sup, SupervisorMessage::WhichChildren)
         .map_err(|e| SupervisorError::Unreachable(e.to_string()))
+}
+
+/// Stop the child of `sup` that is `actor` (a dynamic instance or a static child), by
+/// identity rather than id.
+pub async fn terminate_child_by_id(
+    sup: &ActorRef<SupervisorMessage>,
+    actor: ActorId,
+) -> Result<(), SupervisorError> {
+    ractor::call!(sup, |reply| SupervisorMessage::TerminateChildById {
+        actor,
+        reply
+    })
+    .map_err(|e| SupervisorError::Unreachable(e.to_string()))?
+}
+
+/// Add `spec` as the last static child of `sup` and start it; its cell once started.
+pub async fn start_static_child(
+    sup: &ActorRef<SupervisorMessage>,
+    spec: ChildSpec,
+) -> Result<ActorCell, SupervisorError> {
+    let spec = Box::new(spec);
+    ractor::call!(sup, |reply| SupervisorMessage::StartStaticChild {
+        spec,
+        reply
+    })
+    .map_err(|e| SupervisorError::Unreachable(e.to_string()))?
+}
+
+/// Start the terminated static child `id` of `sup` again.
+pub async fn restart_child(
+    sup: &ActorRef<SupervisorMessage>,
+    id: &str,
+) -> Result<(), SupervisorError> {
+    let id = id.to_string();
+    ractor::call!(sup, |reply| SupervisorMessage::RestartChild { id, reply })
+        .map_err(|e| SupervisorError::Unreachable(e.to_string()))?
+}
+
+/// Remove the terminated static child `id` of `sup`.
+pub async fn delete_child(
+    sup: &ActorRef<SupervisorMessage>,
+    id: &str,
+) -> Result<(), SupervisorError> {
+    let id = id.to_string();
+    ractor::call!(sup, |reply| SupervisorMessage::DeleteChild { id, reply })
+        .map_err(|e| SupervisorError::Unreachable(e.to_string()))?
 }

@@ -58,3 +58,17 @@ impl Default for Intensity {
         }
     }
 }
+
+/// When a supervisor ends by itself because its significant children ended (OTP 24's
+/// `auto_shutdown`): for a supervisor of a finite job, whose children are the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AutoShutdown {
+    /// Never: significant children are not allowed.
+    #[default]
+    Never,
+    /// When any significant child ends (without being restarted).
+    AnySignificant,
+    /// When every significant child has ended.
+    AllSignificant,
+}

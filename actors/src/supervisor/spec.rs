@@ -13,11 +13,12 @@ use futures::future::BoxFuture;
 use ractor::{Actor, ActorCell, ActorProcessingErr};
 
 use crate::supervisor::backoff::Backoff;
+use crate::supervisor::reported::{Reported, StopError};
 use crate::supervisor::{Supervisor, SupervisorArgs, SupervisorSpec};
 use crate::tree::{NodeKind, Tree};
 use crate::watchdog::Watchdog;
 
-pub use super::policy::{Intensity, Restart, Shutdown, Strategy};
+pub use super::policy::{AutoShutdown, Intensity, Restart, Shutdown, Strategy};
 
 /// Arguments of one dynamic child instance, kept to restart it with the same arguments.
 pub type DynArgs = Arc<dyn Any + Send + Sync>;
@@ -37,6 +38,11 @@ pub struct ChildCtx {
     pub watchdog: Watchdog,
     /// A dynamic child's arguments.
     pub args: Option<DynArgs>,
+    /// What this start spawned ([`ChildCtx::spawned`]): killed if the start overruns its
+    /// timeout, so that no incarnation lives on untracked beside the next one.
+    pub(crate) spawned: Arc<parking_lot::Mutex<Vec<ActorCell>>>,
+    /// Where this incarnation's failing stop hook is reported ([`Reported`]).
+    pub(crate) stop_error: StopError,
 }
 
 impl fmt::Debug for ChildCtx {
@@ -52,6 +58,15 @@ impl ChildCtx {
     /// A dynamic child's arguments, downcast. `None` for a static child or a wrong type.
     pub fn args<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
         self.args.clone().and_then(|a| a.downcast::<T>().ok())
+    }
+
+    /// Tell the supervisor that this start spawned `cell`. A start function that does more
+    /// work after spawning its actor must call it at once: if the start then overruns its
+    /// `start_timeout`, the supervisor kills `cell` instead of leaving a second, untracked
+    /// incarnation running (two consumers of one queue). [`ChildSpec::worker`] and
+    /// [`ChildSpec::supervisor`] do it.
+    pub fn spawned(&self, cell: &ActorCell) {
+        self.spawned.lock().push(cell.clone());
     }
 }
 
@@ -74,6 +89,9 @@ pub struct ChildSpec {
     /// If set, a handler armed through [`Watchdog::busy`] that runs longer is killed and the
     /// exit recorded as a `timeout`.
     pub handler_deadline: Option<Duration>,
+    /// A significant child's end (not followed by a restart) can end its supervisor, per the
+    /// supervisor's [`AutoShutdown`]. Only transient and temporary children can be.
+    pub significant: bool,
     pub start: StartFn,
 }
 
@@ -85,6 +103,7 @@ impl fmt::Debug for ChildSpec {
             .field("restart", &self.restart)
             .field("shutdown", &self.shutdown)
             .field("backoff", &self.backoff)
+            .field("significant", &self.significant)
             .finish()
     }
 }
@@ -109,6 +128,7 @@ impl ChildSpec {
             backoff: Backoff::none(),
             start_timeout: DEFAULT_START_TIMEOUT,
             handler_deadline: None,
+            significant: false,
             start: Arc::new(move |ctx| Box::pin(start(ctx))),
         }
     }
@@ -123,8 +143,13 @@ impl ChildSpec {
         Self::new(id, move |ctx: ChildCtx| {
             let make = make.clone();
             async move {
-                let (actor, args) = make(&ctx);
+                let (inner, args) = make(&ctx);
+                let actor = Reported {
+                    inner,
+                    error: ctx.stop_error.clone(),
+                };
                 let (r, _) = Actor::spawn_linked(None, actor, args, ctx.supervisor.clone()).await?;
+                ctx.spawned(&r.get_cell());
                 Ok(r.get_cell())
             }
         })
@@ -146,6 +171,7 @@ impl ChildSpec {
                 };
                 let (r, _) =
                     Actor::spawn_linked(None, Supervisor, args, ctx.supervisor.clone()).await?;
+                ctx.spawned(&r.get_cell());
                 Ok(r.get_cell())
             }
         });
@@ -176,6 +202,12 @@ impl ChildSpec {
 
     pub fn handler_deadline(mut self, deadline: Duration) -> Self {
         self.handler_deadline = Some(deadline);
+        self
+    }
+
+    /// Mark the child significant (see [`AutoShutdown`]).
+    pub fn significant(mut self, significant: bool) -> Self {
+        self.significant = significant;
         self
     }
 }
