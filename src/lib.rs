@@ -311,7 +311,8 @@ impl App {
         let result = tokio::select! {
             _ = shutdown => {
                 tracing::info!("shutdown requested: stopping the tree in reverse start order");
-                root.stop_and_wait(Some("shutdown".into()), None).await.ok();
+                // Through the root's mailbox, so exits during the stop are recorded too.
+                drover_actors::supervisor::shutdown(&root).await.ok();
                 let _ = (&mut root_done).await;
                 Ok(())
             }

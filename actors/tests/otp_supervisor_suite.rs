@@ -737,3 +737,63 @@ async fn the_demo_batch_ends_with_its_last_significant_step() {
     );
     stop_root(root, handle).await;
 }
+
+/// `sup_stop_race` / `sup_stop_non_shutdown_exit_dynamic`: a child that exits on its own while
+/// its supervisor is stopping has its exit recorded with its own class and reason (not lost,
+/// not a `shutdown`), and a temporary one's spec is deleted.
+#[tokio::test(start_paused = true)]
+async fn sup_stop_race() {
+    use drover_actors::supervisor::shutdown;
+    let tree = Tree::new();
+    let mut ev = Events::new(&tree);
+    let log = new_log();
+    // Stopped in reverse order: `slow` first (its post_stop takes 1 s), then `keeper`, then
+    // `racer`, which fails on its own 500 ms into the stop.
+    struct SlowStop;
+    impl Actor for SlowStop {
+        type Msg = ();
+        type State = ();
+        type Arguments = ();
+        async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+        async fn post_stop(&self, _: ActorRef<()>, _: &mut ()) -> Result<(), ActorProcessingErr> {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok(())
+        }
+    }
+    let spec = one_for_one()
+        .child(probe("racer", &log).restart(Restart::Temporary))
+        .child(probe("keeper", &log))
+        .child(
+            ChildSpec::worker("slow", |_| (SlowStop, ()))
+                .shutdown(Shutdown::Timeout(Duration::from_secs(5))),
+        );
+    let (root, handle) = spawn_root(&tree, spec).await.expect("starts");
+    probe_at(&tree, "root/racer").send_after(Duration::from_millis(500), || Cmd::Fail);
+    shutdown(&root).await.expect("stops");
+    join(handle, "root after shutdown").await;
+    let events = ev.drain();
+    let racer: Vec<_> = events
+        .iter()
+        .filter(|e| e.path == "root/racer")
+        .filter_map(|e| match &e.kind {
+            EventKind::Exited { class, reason } => Some((*class, reason.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        racer,
+        [(ExitClass::Abnormal, "racer fails on purpose".to_string())],
+        "{}",
+        ev.recent()
+    );
+    assert!(
+        tree.snapshot().find("root/racer").is_none(),
+        "temporary: spec deleted"
+    );
+    assert_eq!(
+        last_exit(&node(&tree, "root/keeper")).class,
+        ExitClass::Shutdown
+    );
+}

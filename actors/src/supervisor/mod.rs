@@ -303,6 +303,14 @@ pub enum SupervisorMessage {
     },
     WhichChildren(RpcReplyPort<Vec<ChildInfo>>),
     CountChildren(RpcReplyPort<ChildCounts>),
+    /// Stop: every child in reverse start order, then itself with reason `shutdown`. Unlike
+    /// ractor's stop signal, this keeps the mailbox open while the children stop, so a child
+    /// that exits on its own meanwhile still has its exit recorded (OTP's `sup_stop_race`).
+    /// [`shutdown`] sends it and waits; parents stop child supervisors with it.
+    Shutdown,
+    /// Internal: the children are stopped and their exits handled: stop.
+    #[doc(hidden)]
+    FinishShutdown,
     /// Internal: a backoff timer fired.
     #[doc(hidden)]
     RestartDue(Due),
@@ -396,6 +404,9 @@ pub struct SupervisorState {
     early_exits: HashMap<ActorId, (ExitClass, String)>,
     /// Spawned starts whose `StartDone` has not been handled yet.
     starts_in_flight: usize,
+    /// Children found dead on their own while this supervisor stops, their exit event still
+    /// in the mailbox: recorded when it is handled (path, generation, temporary static index).
+    dying: HashMap<ActorId, (String, u64, Option<usize>)>,
     window: std::collections::VecDeque<Instant>,
     /// Group restarts (one_for_all, rest_for_one): static children to start again, in start
     /// order, each not before its own time (its own backoff: a sibling queued without one
@@ -604,8 +615,21 @@ impl SupervisorState {
         c.status = NodeStatus::Stopping;
         self.by_id.remove(&cell.get_id());
         if cell.get_status() >= ActorStatus::Stopping {
-            // Died on its own and its exit is still in our mailbox: that exit is stale now.
-            self.retired.insert(cell.get_id(), (path, generation));
+            if self.shutting_down {
+                // Died on its own while we stop: its exit, still in our mailbox, is recorded
+                // when it is handled (before the supervisor itself stops, under `Shutdown`).
+                let temporary = match key {
+                    ChildKey::Static(i) if self.statics[i].spec.restart == Restart::Temporary => {
+                        Some(i)
+                    }
+                    _ => None,
+                };
+                self.dying
+                    .insert(cell.get_id(), (path, generation, temporary));
+            } else {
+                // Died on its own and its exit is still in our mailbox: that exit is stale now.
+                self.retired.insert(cell.get_id(), (path, generation));
+            }
             self.publish(key);
             return None;
         }
@@ -963,6 +987,18 @@ impl SupervisorState {
         if self.expected.remove(&id) {
             return Ok(());
         }
+        if let Some((path, generation, temporary)) = self.dying.remove(&id) {
+            tracing::info!(child = %path, generation, ?class, %reason, "child exited on its own while its supervisor stopped");
+            let exit = self.tree.exit_record(generation, class, reason.clone());
+            self.tree.push_exit(&path, exit);
+            self.tree
+                .emit(&path, generation, EventKind::Exited { class, reason });
+            if let Some(i) = temporary {
+                // OTP keeps no spec of a temporary child (sup_stop_non_shutdown_exit_dynamic).
+                self.remove_child(ChildKey::Static(i));
+            }
+            return Ok(());
+        }
         let Some(key) = self.by_id.remove(&id) else {
             if let Some((path, generation)) = self.retired.remove(&id) {
                 tracing::debug!(%path, generation, "ignoring exit of a retired incarnation");
@@ -1198,7 +1234,15 @@ async fn stop_per_policy(cell: ActorCell, policy: Shutdown) -> (ExitClass, Strin
             _ => (ExitClass::Shutdown, "shutdown".into()),
         },
         Shutdown::Infinity => {
-            let _ = cell.stop_and_wait(Some("shutdown".into()), None).await;
+            // A child supervisor stops through its mailbox, so that its own children's exits
+            // during the stop are recorded; anything else through ractor's stop signal.
+            if cell.is_message_type_of::<SupervisorMessage>() == Some(true)
+                && cell.send_message(SupervisorMessage::Shutdown).is_ok()
+            {
+                let _ = cell.wait(None).await;
+            } else {
+                let _ = cell.stop_and_wait(Some("shutdown".into()), None).await;
+            }
             (ExitClass::Shutdown, "shutdown".into())
         }
     }
@@ -1247,6 +1291,7 @@ impl Actor for Supervisor {
             retired: HashMap::new(),
             early_exits: HashMap::new(),
             starts_in_flight: 0,
+            dying: HashMap::new(),
             window: Default::default(),
             queue: BTreeMap::new(),
             queue_inflight: None,
@@ -1368,6 +1413,16 @@ impl Actor for Supervisor {
                     .terminated_static(&id)
                     .map(|i| state.remove_child(ChildKey::Static(i)));
                 let _ = reply.send(result);
+            }
+            SupervisorMessage::Shutdown => {
+                if !state.shutting_down {
+                    state.stop_all("supervisor shutting down").await;
+                    // After the exits queued meanwhile (supervision events come first).
+                    myself.send_message(SupervisorMessage::FinishShutdown)?;
+                }
+            }
+            SupervisorMessage::FinishShutdown => {
+                myself.stop(Some("shutdown".into()));
             }
             SupervisorMessage::WhichChildren(reply) => {
                 let list = state
@@ -1666,4 +1721,14 @@ pub async fn delete_child(
     let id = id.to_string();
     ractor::call!(sup, |reply| SupervisorMessage::DeleteChild { id, reply })
         .map_err(|e| SupervisorError::Unreachable(e.to_string()))?
+}
+
+/// Stop `sup` through its mailbox ([`SupervisorMessage::Shutdown`]) and wait until it is gone.
+pub async fn shutdown(sup: &ActorRef<SupervisorMessage>) -> Result<(), SupervisorError> {
+    sup.send_message(SupervisorMessage::Shutdown)
+        .map_err(|e| SupervisorError::Unreachable(e.to_string()))?;
+    sup.get_cell()
+        .wait(None)
+        .await
+        .map_err(|e| SupervisorError::Unreachable(e.to_string()))
 }
