@@ -141,6 +141,10 @@ impl NodeRecord {
     }
 }
 
+/// Order offset of a supervisor's dynamic children after its static ones (a record's `order`
+/// at or above it marks a dynamic child).
+pub(crate) const DYN_ORDER_BASE: u64 = 1 << 32;
+
 /// What happened, as a stream (see [`Tree::subscribe`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -477,7 +481,15 @@ impl Tree {
             node: &mut NodeSnapshot,
             by_parent: &mut HashMap<String, Vec<(u64, NodeSnapshot)>>,
         ) {
-            if let Some(mut kids) = by_parent.remove(&node.path) {
+            let kids = by_parent.remove(&node.path);
+            if let Some(info) = node.supervisor.as_mut() {
+                // Counted here rather than written by the supervisor at every start and exit
+                // of a per-message worker.
+                info.dynamic_children = kids.as_ref().map_or(0, |k| {
+                    k.iter().filter(|(o, _)| *o >= DYN_ORDER_BASE).count()
+                });
+            }
+            if let Some(mut kids) = kids {
                 kids.sort_by_key(|(o, _)| *o);
                 node.children = kids.into_iter().map(|(_, s)| s).collect();
                 for c in &mut node.children {

@@ -441,8 +441,7 @@ pub fn classify_stop(reason: Option<&str>) -> (ExitClass, String) {
     }
 }
 
-/// Order offset of dynamic children after the static ones in snapshots.
-const DYN_ORDER_BASE: u64 = 1 << 32;
+use crate::tree::DYN_ORDER_BASE;
 
 impl SupervisorState {
     fn child(&self, key: ChildKey) -> Option<&Child> {
@@ -719,7 +718,11 @@ impl SupervisorState {
             self.tree.purge_below(&path);
         }
         self.tree.remove(&path);
-        self.publish_self();
+        // A dynamic child's coming and going needs no write of this supervisor's info: the
+        // snapshot counts its dynamic children itself (the hot path of per-message workers).
+        if matches!(key, ChildKey::Static(_)) {
+            self.publish_self();
+        }
     }
 
     async fn give_up(&mut self, reason: String) -> Result<(), ActorProcessingErr> {
@@ -1612,7 +1615,6 @@ async fn start_dynamic(
     let key = ChildKey::Dynamic(n);
     match state.start_inline(myself, key).await {
         Ok(()) => {
-            state.publish_self();
             let cell = state
                 .child(key)
                 .and_then(|c| c.cell.clone())
