@@ -170,10 +170,13 @@ impl Access {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Ok(Caller::Anonymous);
         };
+        // The scheme is case-insensitive (RFC 7235): `bearer` and `BEARER` are `Bearer`.
         let presented = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim_start())
             .unwrap_or_default()
             .as_bytes();
         let matches =
@@ -200,15 +203,29 @@ impl Access {
         }
     }
 
-    /// May this request use a destructive admin route? 401 unless the admin token, 403 unless
-    /// `admin.allow_destructive_actions`.
-    pub fn destructive(&self, headers: &HeaderMap) -> Result<(), Refused> {
+    /// May this request use an admin route that only reads or plans (a re-drive's dry run)?
+    /// 401 unless the admin token.
+    pub fn admin(&self, headers: &HeaderMap) -> Result<(), Refused> {
+        if self.admin.token.is_empty() {
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                "admin.token is not set on this server, so its admin routes refuse everyone \
+                 (set admin.token, e.g. DROVER_ADMIN__TOKEN, and restart it)",
+            ));
+        }
         if self.caller(headers) != Ok(Caller::Admin) {
             return Err((
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong bearer token (Authorization: Bearer <admin.token>)",
             ));
         }
+        Ok(())
+    }
+
+    /// May this request use a destructive admin route? 401 unless the admin token, 403 unless
+    /// `admin.allow_destructive_actions`.
+    pub fn destructive(&self, headers: &HeaderMap) -> Result<(), Refused> {
+        self.admin(headers)?;
         if !self.admin.allow_destructive_actions {
             return Err((
                 StatusCode::FORBIDDEN,
@@ -309,6 +326,36 @@ mod tests {
                 assert!(e.contains("http.addr"), "{e}");
             }
         }
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_an_unset_token_says_so() {
+        let access = Access::new(admin("adm", false), ApiConfig::default(), true);
+        let with = |value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, value.parse().unwrap());
+            h
+        };
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            assert_eq!(
+                access.caller(&with(&format!("{scheme} adm"))),
+                Ok(Caller::Admin),
+                "{scheme}"
+            );
+        }
+        assert!(access.caller(&with("Basic adm")).is_err());
+        assert_eq!(access.admin(&with("bearer adm")), Ok(()));
+        assert_eq!(
+            access.destructive(&with("bearer adm")).unwrap_err().0,
+            StatusCode::FORBIDDEN
+        );
+        let unset = Access::new(admin("", true), ApiConfig::default(), true);
+        let (code, why) = unset.admin(&with("Bearer x")).unwrap_err();
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+        assert!(
+            why.contains("admin.token is not set on this server"),
+            "{why}"
+        );
     }
 
     #[test]

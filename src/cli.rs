@@ -238,22 +238,31 @@ pub fn default_url(addr: SocketAddr) -> String {
 
 /// `host:port` -> `http://host:port`; no trailing slash.
 fn normalize_url(url: &str) -> Result<String, Failure> {
-    let url = url.trim().trim_end_matches('/');
-    if url.is_empty() {
+    let given = url.trim();
+    if given.is_empty() {
         return Err(Failure::new(EXIT_CONFIG, "--url is empty"));
     }
-    let url = if url.contains("://") {
-        url.to_string()
+    // A scheme only where none is given: `127.0.0.1:8080` is http; `http://` stays itself (and
+    // is refused below for its missing host) rather than becoming `http://http:`.
+    let url = if given.contains("://") {
+        given.to_string()
     } else {
-        format!("http://{url}")
+        format!("http://{given}")
     };
     match reqwest::Url::parse(&url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(url),
-        Ok(u) => Err(Failure::new(
+        Ok(u) if !matches!(u.scheme(), "http" | "https") => Err(Failure::new(
             EXIT_CONFIG,
-            format!("--url {url}: unsupported scheme `{}`", u.scheme()),
+            format!(
+                "--url {given}: unsupported scheme `{}` (http or https)",
+                u.scheme()
+            ),
         )),
-        Err(e) => Err(Failure::new(EXIT_CONFIG, format!("--url {url}: {e}"))),
+        Ok(u) if u.host_str().is_none_or(str::is_empty) => Err(Failure::new(
+            EXIT_CONFIG,
+            format!("--url {given}: no host (e.g. --url http://127.0.0.1:8080)"),
+        )),
+        Ok(_) => Ok(url.trim_end_matches('/').to_string()),
+        Err(e) => Err(Failure::new(EXIT_CONFIG, format!("--url {given}: {e}"))),
     }
 }
 
@@ -368,6 +377,11 @@ impl Client {
         }
         let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
         let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let bytes = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
         let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
             serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
@@ -388,6 +402,9 @@ impl Client {
         };
         if let Some(d) = detail {
             let _ = write!(message, ": {d}");
+        }
+        if let Some(wait) = retry_after {
+            let _ = write!(message, " (try again in {wait} s: Retry-After)");
         }
         if status == reqwest::StatusCode::UNAUTHORIZED && admin && self.token.is_empty() {
             message.push_str(" (no token: pass --token or set admin.token / DROVER_ADMIN__TOKEN)");
@@ -468,6 +485,15 @@ mod tests {
             "http://10.1.2.3:80"
         );
         assert_eq!(normalize_url("127.0.0.1:1/").unwrap(), "http://127.0.0.1:1");
+        assert_eq!(normalize_url("https://h:2/").unwrap(), "https://h:2");
         assert!(normalize_url("ftp://x").is_err());
+        for no_host in ["http://", "https:///", "http://:8080"] {
+            let e = normalize_url(no_host).expect_err(no_host);
+            assert!(
+                e.message.contains("no host") || e.message.contains("empty host"),
+                "{no_host}: {}",
+                e.message
+            );
+        }
     }
 }

@@ -123,6 +123,22 @@ impl Config {
         crate::access::protected_mode(self.http.addr, &self.api, &self.admin)
             .map_err(ConfigError::Invalid)?;
         self.message.validate().map_err(ConfigError::Invalid)?;
+        if self.pipeline.enabled {
+            // Mistakes in the dependencies' settings are configuration errors (exit 2, the
+            // key named), not dependencies unavailable at start (exit 3).
+            use drover_actors::broker::BrokerError;
+            use drover_actors::provider::ProviderError;
+            self.broker.validate().map_err(|e| match e {
+                BrokerError::InvalidConfig(why) => ConfigError::Invalid(why),
+                e => ConfigError::Invalid(e.to_string()),
+            })?;
+            drover_actors::provider::Provider::from_config(&self.provider).map_err(
+                |e| match e {
+                    ProviderError::InvalidConfig(why) => ConfigError::Invalid(why),
+                    e => ConfigError::Invalid(e.to_string()),
+                },
+            )?;
+        }
         drover_actors::pipeline::delivery::lease_covers_call(&self.delivery, &self.provider)
             .map_err(ConfigError::Invalid)
     }

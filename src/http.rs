@@ -347,10 +347,17 @@ const ACTIONS: &str =
         (status = 401, description = "Not the admin token", body = crate::responses::ErrorBody),
         (status = 403, description = "admin.allow_destructive_actions is off", body = crate::responses::ErrorBody),
         (status = 404, description = "No such actor or action", body = crate::responses::ErrorBody),
-        (status = 409, description = "The actor is not running", body = crate::responses::ErrorBody),
+        (status = 409, description = "The actor is not running, or it is the root", body = crate::responses::ErrorBody),
     ),
     security(("admin_token" = [])))]
 fn kill_actor(app: &AppState, path: &str) -> Response {
+    if path == crate::ROOT {
+        return error(
+            StatusCode::CONFLICT,
+            "refusing to kill the root supervisor: nothing would restart it and the process \
+             would exit; to stop drover send it SIGTERM, to restart a subtree kill that",
+        );
+    }
     let before = app.tree.snapshot();
     let generation = before.find(path).map(|n| n.generation);
     match app.tree.lookup(path) {
@@ -611,8 +618,19 @@ async fn readyz(State(app): State<AppState>) -> Response {
         }
         let mut consumer = node_check(tree, &snap, &p.path("broker/consumer"));
         if p.ops.consumption_paused() {
+            // Ready, but not delivering: a warning an operator sees, with the backlog.
+            let waiting = p
+                .ops
+                .queues()
+                .get(&p.config.broker.work_queue)
+                .map(|q| format!("; {} messages waiting in the work queue", q.ready))
+                .unwrap_or_default();
+            if consumer["status"] == "pass" {
+                consumer["status"] = json!("warn");
+            }
             if let Some(Value::String(o)) = consumer.get_mut("output") {
-                o.push_str("; consumption paused by an operator");
+                o.push_str("; consumption paused by an operator (POST /consumption/resume)");
+                o.push_str(&waiting);
             }
         }
         checks.insert("database".into(), json!([database]));
@@ -850,7 +868,7 @@ async fn retry_message(
         (status = 202, description = "Re-drive started", body = crate::responses::Redriving),
         (status = 400, description = "A bad dry_run", body = crate::responses::ErrorBody),
         (status = 401, description = "Not the admin token", body = crate::responses::ErrorBody),
-        (status = 403, description = "admin.allow_destructive_actions is off", body = crate::responses::ErrorBody),
+        (status = 403, description = "admin.allow_destructive_actions is off (a dry run does not need it)", body = crate::responses::ErrorBody),
         (status = 429, description = "One is running, or the last started within admin.redrive_cooldown_ms", body = crate::responses::ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "The broker or the scheduler did not answer", body = crate::responses::ErrorBody),
@@ -865,9 +883,6 @@ async fn redrive(
         Ok(Query(q)) => q,
         Err(r) => return bad_query(&r),
     };
-    if let Err((code, why)) = app.access.destructive(&headers) {
-        return error(code, why);
-    }
     let dry_run = match q.get("dry_run").map(String::as_str) {
         None | Some("false" | "0") => false,
         Some("true" | "1" | "") => true,
@@ -878,6 +893,15 @@ async fn redrive(
             );
         }
     };
+    // A dry run only reads: the admin token suffices, without the destructive switch.
+    let allowed = if dry_run {
+        app.access.admin(&headers)
+    } else {
+        app.access.destructive(&headers)
+    };
+    if let Err((code, why)) = allowed {
+        return error(code, why);
+    }
     let p = match pipeline_of(&app) {
         Ok(p) => p,
         Err(r) => return r.into_response(),

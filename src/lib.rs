@@ -245,7 +245,11 @@ pub async fn start(config: Config) -> Result<App, RunError> {
         },
     )
     .await
-    .map_err(|e| RunError::Boot(e.to_string()))?;
+    .map_err(|e| match e {
+        // Not a panic: a child's start returned an error (ractor words both alike).
+        ractor::SpawnErr::StartupFailed(inner) => RunError::Boot(inner.to_string()),
+        e => RunError::Boot(e.to_string()),
+    })?;
 
     let listener = match tokio::net::TcpListener::bind(config.http.addr).await {
         Ok(l) => l,
@@ -328,8 +332,11 @@ impl App {
             let alert = alerts::Alert::gave_up(&pipeline.root, &pipeline.root, reason);
             alerts::send_now(&pipeline.config.alerts, &alert, pipeline.clock.now_ms()).await;
         }
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "drover stops");
+        match &result {
+            Err(e) => tracing::error!(error = %e, "drover stops"),
+            // The last line of a clean stop: everything was stopped in order, in-flight work
+            // finished or went back to its queue.
+            Ok(()) => tracing::info!("drover stopped: the tree and the endpoint are down; exit 0"),
         }
         result
     }

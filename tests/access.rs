@@ -118,6 +118,8 @@ enum Kind {
     Reveal,
     /// The admin routes: the admin token, and the switch.
     Admin,
+    /// Admin routes that only read (a re-drive's dry run): the admin token, no switch.
+    AdminRead,
 }
 
 /// What a caller gets: `None` for "let in" (the route's own answer), else the refusal.
@@ -137,7 +139,8 @@ fn expected(kind: Kind, who: Presented, api_set: bool, allow: bool) -> Option<St
         (Kind::Reveal, Nothing) if api_set => Some(StatusCode::UNAUTHORIZED),
         (Kind::Reveal, Nothing | ApiToken) => Some(StatusCode::FORBIDDEN),
         (Kind::Reveal, AdminToken) => None,
-        (Kind::Admin, Nothing | ApiToken) => Some(StatusCode::UNAUTHORIZED),
+        (Kind::Admin | Kind::AdminRead, Nothing | ApiToken) => Some(StatusCode::UNAUTHORIZED),
+        (Kind::AdminRead, AdminToken) => None,
         (Kind::Admin, AdminToken) if !allow => Some(StatusCode::FORBIDDEN),
         (Kind::Admin, AdminToken) => None,
     }
@@ -201,10 +204,28 @@ async fn every_route_by_caller_switch_and_api_token() {
                     StatusCode::NOT_FOUND,
                 ),
                 (
-                    Kind::Admin,
+                    Kind::AdminRead,
                     "POST",
                     "/failed/redrive?dry_run=true".into(),
                     StatusCode::OK,
+                ),
+                (
+                    Kind::Admin,
+                    "POST",
+                    "/actors/root/no-such-actor/terminate".into(),
+                    StatusCode::NOT_FOUND,
+                ),
+                (
+                    Kind::Admin,
+                    "POST",
+                    "/actors/root/no-such-actor/restart".into(),
+                    StatusCode::NOT_FOUND,
+                ),
+                (
+                    Kind::Admin,
+                    "POST",
+                    "/actors/root/kill".into(),
+                    StatusCode::CONFLICT,
                 ),
                 (
                     Kind::Admin,
@@ -270,7 +291,7 @@ async fn every_route_by_caller_switch_and_api_token() {
             t.finish().await;
         }
     }
-    assert_eq!(checked, 4 * 4 * 14);
+    assert_eq!(checked, 4 * 4 * 17);
 }
 
 /// Only `application/json` is taken: a cross-site form post (`text/plain`,

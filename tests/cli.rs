@@ -372,3 +372,64 @@ async fn a_failed_alert_post_logs_the_webhook_origin_only() {
         );
     }
 }
+
+/// Mistakes in the provider's or the broker's settings are configuration errors: exit 2 with
+/// the key, before any startup check (they used to exit 3, "provider unavailable at start").
+#[tokio::test]
+async fn dependency_settings_mistakes_exit_2_naming_the_key() {
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (
+            &[("DROVER_PROVIDER__SIMULATED__PERMANENT_FAILURE_RATE", "1.0")],
+            "provider.simulated",
+        ),
+        (
+            &[
+                ("DROVER_PROVIDER__KIND", "twilio"),
+                ("DROVER_PROVIDER__TWILIO__FROM", "+15550000000"),
+            ],
+            "provider.twilio.account_sid",
+        ),
+        (&[("DROVER_BROKER__URL", "http://broker")], "broker.url"),
+    ];
+    for (env, key) in cases {
+        let mut cmd = drover(&["serve"]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let o = output(&mut cmd).await;
+        assert_eq!(o.status.code(), Some(2), "{key}: {}", stderr(&o));
+        let line = one_error_line(&o);
+        assert!(line.contains(key), "{key}: {line}");
+        assert!(!line.contains("unavailable"), "{key}: {line}");
+    }
+}
+
+/// Without the startup check, a broker that refuses connections stops the boot: exit 3, one
+/// line saying what failed, not ractor's "Actor panicked during startup" chain.
+#[tokio::test]
+async fn a_refused_broker_without_the_startup_check_exits_3_with_one_plain_line() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let o = output(
+        drover(&["serve"])
+            .env("DROVER_STARTUP__CHECK", "false")
+            .env("DROVER_STORE__URL", "sqlite::memory:")
+            .env("DROVER_HTTP__ADDR", "127.0.0.1:0")
+            .env("DROVER_LOG__LEVEL", "error")
+            .env(
+                "DROVER_BROKER__URL",
+                format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+            )
+            .env("DROVER_BROKER__CONNECT_TIMEOUT_MS", "500")
+            .env("DROVER_SUPERVISION__BACKOFF__MAX_RETRIES", "0"),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    // The logs (JSON) come first; the reason is the last line.
+    let err = stderr(&o);
+    let line = err.lines().last().unwrap_or_default();
+    assert!(line.starts_with("drover: "), "{err}");
+    assert!(!line.contains("panicked"), "{line}");
+    assert!(line.contains("could not connect to the broker"), "{line}");
+}

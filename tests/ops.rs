@@ -543,13 +543,27 @@ async fn pause_leaves_messages_in_the_queue_and_resume_delivers_them() {
     .await;
     let a = m.call("GET", &format!("/messages/{id}"), None).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND, "not taken: {}", a.text);
-    let a = m.call("GET", "/readyz", None).await;
+    // Ready, but warning: paused, with what waits (as the queue sampler last saw it).
+    let a = wait_for("/readyz to warn with the backlog", LIMIT, || async {
+        let a = m.call("GET", "/readyz", None).await;
+        let consumer = &a.body["checks"]["broker"][1];
+        let output = consumer["output"].as_str().unwrap_or_default();
+        if output.contains("1 messages waiting") {
+            Ok(a)
+        } else {
+            Err(a.text)
+        }
+    })
+    .await;
     assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body["status"], "warn", "{}", a.text);
+    let consumer = &a.body["checks"]["broker"][1];
+    assert_eq!(consumer["status"], "warn", "{}", a.text);
     assert!(
-        a.body["checks"]["broker"][1]["output"]
+        consumer["output"]
             .as_str()
             .unwrap()
-            .contains("paused"),
+            .contains("consumption paused by an operator (POST /consumption/resume)"),
         "{}",
         a.text
     );

@@ -77,15 +77,16 @@ impl SimulatedProvider {
         })
     }
 
-    /// The next outcome of the stream, without the latency. `Sent` ids are `SIM` and 16 hex
-    /// digits.
+    /// The next outcome of the stream, without the latency. The outcomes follow the seed (a
+    /// run can be replayed); `Sent` ids are `SIM` and 32 random hex digits, unique across runs
+    /// and instances as a real provider's are.
     pub fn draw(&self) -> SendOutcome {
-        // Two SplitMix64 steps at once: one decides the outcome, one names the message.
+        // Two SplitMix64 steps at once: one decides the outcome; the other is kept so that a
+        // seed's sequence of outcomes stays what it was.
         let base = self
             .state
             .fetch_add(GAMMA.wrapping_mul(2), Ordering::Relaxed);
         let decide = mix(base.wrapping_add(GAMMA));
-        let name = mix(base.wrapping_add(GAMMA.wrapping_mul(2)));
         let u = (decide >> 11) as f64 / (1u64 << 53) as f64;
         if u < self.permanent {
             SendOutcome::Permanent {
@@ -99,7 +100,7 @@ impl SimulatedProvider {
             }
         } else {
             SendOutcome::Sent {
-                provider_message_id: format!("SIM{name:016x}"),
+                provider_message_id: format!("SIM{}", uuid::Uuid::new_v4().simple()),
             }
         }
     }

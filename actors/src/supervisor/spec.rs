@@ -148,7 +148,9 @@ impl ChildSpec {
                     inner,
                     error: ctx.stop_error.clone(),
                 };
-                let (r, _) = Actor::spawn_linked(None, actor, args, ctx.supervisor.clone()).await?;
+                let (r, _) = Actor::spawn_linked(None, actor, args, ctx.supervisor.clone())
+                    .await
+                    .map_err(startup_error)?;
                 ctx.spawned(&r.get_cell());
                 Ok(r.get_cell())
             }
@@ -169,8 +171,9 @@ impl ChildSpec {
                     tree: ctx.tree.clone(),
                     path: ctx.path.clone(),
                 };
-                let (r, _) =
-                    Actor::spawn_linked(None, Supervisor, args, ctx.supervisor.clone()).await?;
+                let (r, _) = Actor::spawn_linked(None, Supervisor, args, ctx.supervisor.clone())
+                    .await
+                    .map_err(startup_error)?;
                 ctx.spawned(&r.get_cell());
                 Ok(r.get_cell())
             }
@@ -209,6 +212,15 @@ impl ChildSpec {
     pub fn significant(mut self, significant: bool) -> Self {
         self.significant = significant;
         self
+    }
+}
+
+/// A failed spawn as the error of its `pre_start`: ractor words every one "Actor panicked
+/// during startup", which is wrong for an `Err` (a refused connection) and reads as a bug.
+fn startup_error(e: ractor::SpawnErr) -> ActorProcessingErr {
+    match e {
+        ractor::SpawnErr::StartupFailed(inner) => inner,
+        other => other.into(),
     }
 }
 
