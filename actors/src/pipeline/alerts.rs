@@ -73,6 +73,20 @@ pub enum AlertKind {
     CircuitOpen,
 }
 
+impl AlertKind {
+    /// The kind's word, as the JSON, the webhook and the log fields say it (`dead_letter`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::DeadLetter => "dead_letter",
+            AlertKind::Poison => "poison",
+            AlertKind::SubtreeGaveUp => "subtree_gave_up",
+            AlertKind::RootGaveUp => "root_gave_up",
+            AlertKind::Backlog => "backlog",
+            AlertKind::CircuitOpen => "circuit_open",
+        }
+    }
+}
+
 /// One alert.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Alert {
@@ -121,7 +135,7 @@ pub enum AlertMessage {
 /// Log an alert at error level.
 pub fn log_alert(alert: &Alert) {
     tracing::error!(
-        alert = ?alert.kind,
+        alert = alert.kind.as_str(),
         key = %alert.key,
         details = %alert.details,
         "ALERT: {}",

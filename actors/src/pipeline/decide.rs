@@ -42,7 +42,10 @@ pub fn decide(
             None,
         ),
         SendResult::Done(SendOutcome::Permanent { code, detail }) => {
-            let error = bounded(format!("permanent provider error {code:?}: {detail}"));
+            let error = bounded(match code {
+                Some(code) => format!("permanent provider error {code}: {detail}"),
+                None => format!("permanent provider error: {detail}"),
+            });
             (
                 AttemptOutcome::Failed {
                     error_class: "permanent".into(),
@@ -54,7 +57,7 @@ pub fn decide(
         }
         SendResult::Done(other) => {
             let class = other.error_class().to_string();
-            let error = bounded(format!("{other:?}"));
+            let error = bounded(other.to_string());
             if attempt >= max_attempts {
                 let error = bounded(format!("gave up after {attempt} attempts; last: {error}"));
                 (
