@@ -74,6 +74,9 @@ async fn the_circuit_opens_on_401_defers_without_spending_and_redrives_when_it_c
             .contains("circuit"),
         "{alert}"
     );
+    // After circuit_open_alert_ms (300 ms), while still open: not only at the half-open probe
+    // (open_ms = 1,500), the first time a send came by again.
+    assert_eq!(alert["details"]["state"]["state"], "open", "{alert}");
     let ready = readyz(&app).await;
     assert_eq!(ready["status"], "warn", "{ready}");
     assert_eq!(ready["checks"]["provider"][0]["status"], "warn", "{ready}");

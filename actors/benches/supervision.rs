@@ -40,7 +40,7 @@ use drover_actors::{
     SupervisorSpec, Tree,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use table::{Row, any_failed, print_table, row, verdict};
+use table::{Row, any_failed, print_table, row, value_of, verdict};
 use tokio::sync::{Notify, Semaphore, broadcast, mpsc};
 
 /// Every phase is aborted past this.
@@ -1081,8 +1081,17 @@ fn main() {
         .expect("benchmark driver panicked");
     print_table(&rows);
     rt.shutdown_timeout(Duration::from_secs(5));
-    if any_failed(&rows) {
+    let failed = any_failed(&rows);
+    if failed {
         println!("supervision bench: FAIL (a target was missed; see the summary)");
+    }
+    // The last line: the spawn-and-stop ratio, the figure the target is about.
+    println!(
+        "spawn+stop time / bare ractor: awaited start_child {}, no-reply start {} (target <= {SPAWN_TARGET_RATIO:.2}x)",
+        value_of(&rows, "spawn+stop time supervised/bare-ractor").unwrap_or("n/a"),
+        value_of(&rows, "spawn+stop time no-reply start/bare-ractor").unwrap_or("n/a"),
+    );
+    if failed {
         std::process::exit(1);
     }
 }

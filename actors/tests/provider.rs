@@ -756,14 +756,18 @@ async fn simulated_same_seed_same_outcome_sequence_after_the_configured_latency(
     let first = provider.send(&msg(None), 1).await;
     assert_eq!(started.elapsed(), Duration::from_millis(50));
 
+    // The seed fixes the outcomes; the ids of sent messages are random (unique across runs
+    // and instances, as a real provider's are), so sequences compare by class.
+    let class = |o: SendOutcome| o.error_class().to_string();
     let (a, b, c) = (simulated(7, 50), simulated(7, 0), simulated(8, 0));
-    let mut seq_a = vec![a.send(&msg(None), 1).await];
-    seq_a.extend((1..500).map(|_| a.draw()));
-    let seq_b: Vec<_> = (0..500).map(|_| b.draw()).collect();
-    let seq_c: Vec<_> = (0..500).map(|_| c.draw()).collect();
+    let mut seq_a = vec![class(a.send(&msg(None), 1).await)];
+    seq_a.extend((1..500).map(|_| class(a.draw())));
+    let seq_b: Vec<_> = (0..500).map(|_| class(b.draw())).collect();
+    let seq_c: Vec<_> = (0..500).map(|_| class(c.draw())).collect();
     assert_eq!(seq_a, seq_b);
     assert_eq!(
-        seq_a[0], first,
+        seq_a[0],
+        class(first),
         "the provider built from config starts the same stream"
     );
     assert_ne!(seq_a, seq_c);
@@ -771,7 +775,7 @@ async fn simulated_same_seed_same_outcome_sequence_after_the_configured_latency(
     let d = simulated(7, 0);
     let d2 = d.clone();
     let alternating: Vec<_> = (0..500)
-        .map(|i| if i % 2 == 0 { d.draw() } else { d2.draw() })
+        .map(|i| class(if i % 2 == 0 { d.draw() } else { d2.draw() }))
         .collect();
     assert_eq!(alternating, seq_b);
 }
@@ -787,7 +791,7 @@ fn simulated_rates_are_roughly_honoured_over_10000_draws() {
                 provider_message_id,
             } => {
                 assert!(provider_message_id.starts_with("SIM"));
-                assert_eq!(provider_message_id.len(), 3 + 16);
+                assert_eq!(provider_message_id.len(), 3 + 32);
                 assert!(
                     provider_message_id[3..]
                         .bytes()

@@ -26,6 +26,14 @@ pub fn row(
     }
 }
 
+/// The value of the row named `metric`, if there is one.
+#[allow(dead_code)] // the supervision bench's last line; the pipeline bench has none
+pub fn value_of<'a>(rows: &'a [Row], metric: &str) -> Option<&'a str> {
+    rows.iter()
+        .find(|r| r.metric == metric)
+        .map(|r| r.value.as_str())
+}
+
 /// Whether any row's verdict is FAIL: the bench then exits non-zero.
 pub fn any_failed(rows: &[Row]) -> bool {
     rows.iter().any(|r| r.verdict == "FAIL")

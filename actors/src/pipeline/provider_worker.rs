@@ -31,6 +31,10 @@ pub enum ProviderMessage {
         attempt: u32,
         reply: RpcReplyPort<SendResult>,
     },
+    /// Internal: `alerts.circuit_open_alert_ms` after the circuit opened at `since` (Unix
+    /// ms): if it is still open, alert, whether or not a send comes by.
+    #[doc(hidden)]
+    OpenTooLong { since: i64 },
     /// Internal: a send finished.
     #[doc(hidden)]
     Finished {
@@ -53,17 +57,21 @@ pub struct ProviderState {
     probe_in_flight: bool,
     /// Since when the circuit has been open (half-open probes included), Unix ms.
     open_since_ms: Option<i64>,
+    /// The circuit_open alert went out for this open period (one alert per period).
+    alerted: bool,
 }
 
 impl ProviderState {
-    /// A send was refused: alert if the circuit has stayed open too long.
-    fn check_open_too_long(&self) {
+    /// Alert once per open period when the circuit has stayed open `circuit_open_alert_ms`:
+    /// at that time (a timer set when it opened) or at a refused send after it.
+    fn check_open_too_long(&mut self) {
         let Some(since) = self.open_since_ms else {
             return;
         };
         let open_ms = self.p.clock.now_ms() - since;
         let limit = self.p.config.alerts.circuit_open_alert_ms;
-        if open_ms > limit as i64 {
+        if open_ms >= limit as i64 && !self.alerted {
+            self.alerted = true;
             crate::pipeline::alerts::raise(
                 &self.p,
                 crate::pipeline::alerts::Alert {
@@ -99,6 +107,7 @@ impl Actor for ProviderWorker {
             circuit,
             probe_in_flight: false,
             open_since_ms: None,
+            alerted: false,
         })
     }
 
@@ -157,6 +166,12 @@ impl Actor for ProviderWorker {
                     }
                 });
             }
+            ProviderMessage::OpenTooLong { since } => {
+                // Still the same open period (not closed and reopened since).
+                if state.open_since_ms == Some(since) {
+                    state.check_open_too_long();
+                }
+            }
             ProviderMessage::Finished {
                 outcome,
                 probe,
@@ -167,11 +182,20 @@ impl Actor for ProviderWorker {
                 }
                 match state.circuit.on_outcome(&outcome) {
                     Some(Transition::Opened) => {
-                        tracing::error!(outcome = ?outcome, "provider circuit opened");
-                        state.open_since_ms.get_or_insert(state.p.clock.now_ms());
+                        tracing::error!(%outcome, "provider circuit opened");
+                        if state.open_since_ms.is_none() {
+                            let since = state.p.clock.now_ms();
+                            state.open_since_ms = Some(since);
+                            let after = std::time::Duration::from_millis(
+                                state.p.config.alerts.circuit_open_alert_ms,
+                            );
+                            myself
+                                .send_after(after, move || ProviderMessage::OpenTooLong { since });
+                        }
                     }
                     Some(Transition::Closed) => {
                         state.open_since_ms = None;
+                        state.alerted = false;
                         tracing::info!("provider circuit closed: sending works again");
                         if let Ok(s) = state.p.scheduler() {
                             let _ = s.send_message(
