@@ -46,6 +46,9 @@ pub struct Cli {
     /// e.g. DROVER_ADMIN__TOKEN].
     #[arg(long, global = true, value_name = "TOKEN")]
     pub token: Option<String>,
+    /// Client commands: print the server's JSON answer instead of the text line (or tree).
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -56,11 +59,7 @@ pub enum Command {
     /// Run the service until SIGINT or SIGTERM (the default).
     Serve,
     /// Show the live supervision tree of a running drover.
-    Status {
-        /// Print the raw JSON of GET /status instead of the tree.
-        #[arg(long)]
-        json: bool,
-    },
+    Status {},
     /// Kill the actor at PATH (e.g. root/broker/connection); its supervisor restarts it.
     Kill {
         /// The actor's path in the tree.
@@ -151,7 +150,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 None => default_url(config.http.addr),
             };
             let token = cli.token.unwrap_or_else(|| config.admin.token.clone());
-            client_command(command, Client::new(base, token)?)
+            client_command(command, Client::new(base, token)?, cli.json)
         }
     }
 }
@@ -266,14 +265,23 @@ fn normalize_url(url: &str) -> Result<String, Failure> {
     }
 }
 
-fn client_command(command: Command, client: Client) -> Result<(), Failure> {
+fn client_command(command: Command, client: Client, json: bool) -> Result<(), Failure> {
+    // One style for every command: a line of text (the tree for `status`), or with --json
+    // the server's answer as it came.
+    let say = |body: &serde_json::Value, line: String| {
+        if json {
+            println!("{}", pretty(body));
+        } else {
+            println!("{line}");
+        }
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::new(EXIT_ERROR, format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async {
         match command {
-            Command::Status { json } => {
+            Command::Status {} => {
                 let body = client.get("/status?format=json").await?;
                 if json {
                     println!("{}", pretty(&body));
@@ -290,29 +298,32 @@ fn client_command(command: Command, client: Client) -> Result<(), Failure> {
             Command::Kill { path } => {
                 let path = path.trim_matches('/');
                 let body = client.post(&format!("/actors/{path}/kill")).await?;
-                match body.get("generation").and_then(|g| g.as_u64()) {
-                    Some(g) => println!("killed {path} (generation {g})"),
-                    None => println!("killed {path}"),
-                }
+                let line = match body.get("generation").and_then(|g| g.as_u64()) {
+                    Some(g) => format!("killed {path} (generation {g})"),
+                    None => format!("killed {path}"),
+                };
+                say(&body, line);
             }
             Command::Terminate { path } => {
                 let path = path.trim_matches('/');
-                client.post(&format!("/actors/{path}/terminate")).await?;
-                println!("terminated {path}");
+                let body = client.post(&format!("/actors/{path}/terminate")).await?;
+                say(&body, format!("terminated {path}"));
             }
             Command::Restart { path } => {
                 let path = path.trim_matches('/');
                 let body = client.post(&format!("/actors/{path}/restart")).await?;
-                match body.get("generation").and_then(|g| g.as_u64()) {
-                    Some(g) => println!("restarted {path} (generation {g})"),
-                    None => println!("restarted {path}"),
-                }
+                let line = match body.get("generation").and_then(|g| g.as_u64()) {
+                    Some(g) => format!("restarted {path} (generation {g})"),
+                    None => format!("restarted {path}"),
+                };
+                say(&body, line);
             }
             Command::Retry { id } => {
                 let body = client
                     .post(&format!("/messages/{}/retry", id.trim()))
                     .await?;
-                println!("{}", pretty(&body));
+                let line = format!("retry scheduled for {}", text(&body["retried"]));
+                say(&body, line);
             }
             Command::Redrive { dry_run } => {
                 let path = if dry_run {
@@ -321,12 +332,34 @@ fn client_command(command: Command, client: Client) -> Result<(), Failure> {
                     "/failed/redrive"
                 };
                 let body = client.post(path).await?;
-                println!("{}", pretty(&body));
+                let queue = text(&body["queue"]);
+                let line = if dry_run {
+                    format!(
+                        "{queue} holds {} messages: a re-drive would take at most {}",
+                        text(&body["depth"]),
+                        text(&body["would_redrive_at_most"])
+                    )
+                } else {
+                    match body["depth_last_sampled"].as_u64() {
+                        Some(n) => format!("re-driving {queue} ({n} messages when last sampled)"),
+                        None => format!("re-driving {queue}"),
+                    }
+                };
+                say(&body, line);
             }
             Command::Serve | Command::Config => unreachable!("not a client command"),
         }
         Ok(())
     })
+}
+
+/// A JSON value as a word in a line: strings without their quotes.
+fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "?".into(),
+        v => v.to_string(),
+    }
 }
 
 fn pretty(v: &serde_json::Value) -> String {

@@ -197,6 +197,34 @@ async fn client_commands_against_a_live_instance() {
         "{}",
         stdout(&o)
     );
+    // --json: the server's answer instead of the line, for every client command.
+    let o = output(&mut drover(&[
+        "terminate",
+        "root/demo/feeder",
+        "--json",
+        "--url",
+        &url,
+        "--token",
+        "s3cret",
+    ]))
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json["terminated"], "root/demo/feeder");
+    let o = output(&mut drover(&[
+        "restart",
+        "root/demo/feeder",
+        "--url",
+        &url,
+        "--token",
+        "s3cret",
+    ]))
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o).trim(),
+        "restarted root/demo/feeder (generation 2)"
+    );
 
     let o = output(&mut drover(&[
         "kill",
