@@ -111,7 +111,7 @@ impl Config {
         }
         let config: Config = figment(file)
             .extract_lossy()
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            .map_err(|e| ConfigError::Invalid(describe(e)))?;
         config.validate()?;
         Ok(config)
     }
@@ -175,6 +175,53 @@ impl Config {
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// Figment's errors as sentences an operator reads: the key as written in the file
+/// (`http.adress`, not `default.http.adress` or `HTTP.ADRESS`), where it came from, what is
+/// wrong and, for an unknown key, the keys that exist there.
+fn describe(errors: figment::Error) -> String {
+    use figment::error::Kind;
+    let one = |e: &figment::Error| {
+        let key = e.path.join(".").to_ascii_lowercase();
+        let key = if key.is_empty() {
+            "the configuration".to_owned()
+        } else {
+            key
+        };
+        let from = match &e.metadata {
+            Some(m) if m.name.contains("environment") => format!(
+                " (from the environment variable DROVER_{})",
+                key.replace('.', "__").to_ascii_uppercase()
+            ),
+            Some(m) => match &m.source {
+                Some(source) => format!(" (in {source})"),
+                None => format!(" (in {})", m.name),
+            },
+            None => String::new(),
+        };
+        match &e.kind {
+            Kind::UnknownField(_, expected) => format!(
+                "unknown key {key}{from}; the keys there are {}",
+                expected.join(", ")
+            ),
+            Kind::UnknownVariant(actual, expected) => format!(
+                "{key}{from}: {actual:?} is not one of {}",
+                expected.join(", ")
+            ),
+            Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
+                format!("{key}{from}: expected {expected}, found {actual}")
+            }
+            Kind::MissingField(field) => format!("{key}{from}: {field} is missing"),
+            Kind::Message(m) => format!("{key}{from}: {m}"),
+            other => format!("{key}{from}: {other}"),
+        }
+    };
+    errors
+        .into_iter()
+        .map(|e| one(&e))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// A string key whose environment value may look like a number or a boolean to the
@@ -367,7 +414,8 @@ mod tests {
                         // A key of another type (an address, a URL, a choice) may refuse the
                         // text, but never as "not a string".
                         Err(e) => assert!(
-                            !e.to_string().contains("invalid type"),
+                            !e.to_string().contains("invalid type")
+                                && !describe(e.clone()).contains("expected a string"),
                             "{var}={value}: {e}"
                         ),
                     }
@@ -379,6 +427,33 @@ mod tests {
             taken >= 4 * 10,
             "only {taken} key/value pairs were taken verbatim"
         );
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature
+    fn configuration_errors_read_as_sentences_naming_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("DROVER_HTTP__ADRESS", "x");
+            let e = Config::load(None).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                "invalid configuration: unknown key http.adress (from the environment variable \
+                 DROVER_HTTP__ADRESS); the keys there are addr, queue_sample_ms"
+            );
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[broker]\nqueue_type = \"stream\"\n")?;
+            let e = Config::load(Some(Path::new("bad.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("broker.queue_type (in ") && e.contains("is not one of classic, quorum"),
+                "{e}"
+            );
+            assert!(!e.contains("``") && !e.contains("default."), "{e}");
+            Ok(())
+        });
     }
 
     #[test]

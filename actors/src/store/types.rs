@@ -246,7 +246,8 @@ pub struct MessageRecord {
     pub sender: Option<String>,
     /// Where it is in its life.
     pub status: MessageStatus,
-    /// Attempts spent against the retry budget.
+    /// Attempts spent against the retry budget. The history can hold more entries: a deferred
+    /// try, and the tries before an operator's retry, gave their attempt back.
     pub attempts: u32,
     /// When the scheduled retry is due (Unix ms).
     pub next_attempt_at: Option<i64>,
