@@ -797,3 +797,67 @@ async fn sup_stop_race() {
         ExitClass::Shutdown
     );
 }
+
+/// `significant_simple`: a significant dynamic (temporary) child's end ends its supervisor
+/// under `any_significant`, as a static one does.
+#[tokio::test(start_paused = true)]
+async fn significant_simple() {
+    let tree = Tree::new();
+    let mut ev = Events::new(&tree);
+    let log = new_log();
+    let template = probe("step", &log)
+        .restart(Restart::Temporary)
+        .significant(true);
+    let spec = one_for_one().child(
+        ChildSpec::supervisor("job", move |_| {
+            one_for_one()
+                .auto_shutdown(AutoShutdown::AnySignificant)
+                .dynamic(template.clone(), 4)
+        })
+        .restart(Restart::Transient),
+    );
+    let (root, handle) = spawn_root(&tree, spec).await.expect("starts");
+    let job: ActorRef<SupervisorMessage> = tree.handle("root/job").actor_ref().expect("job");
+    let a = start_child(&job, ()).await.expect("a");
+    let _b = start_child(&job, ()).await.expect("b");
+    settle(&job).await;
+    assert_eq!(status(&tree, "root/job"), NodeStatus::Running);
+    a.cell.send_message(Cmd::Stop(None)).expect("a is a probe");
+    let (class, reason) = ev.exited("root/job").await;
+    assert_eq!(class, ExitClass::Shutdown, "{reason}");
+    // The other instance (`step-2`) was stopped with its supervisor.
+    assert!(
+        entries(&log).contains(&"stop:step-2".to_string()),
+        "{:?}",
+        entries(&log)
+    );
+    stop_root(root, handle).await;
+}
+
+/// `count_restarting_children`: a child waiting out its restart counts as a spec, not as
+/// active; once back it is active again.
+#[tokio::test(start_paused = true)]
+async fn count_restarting_children() {
+    let tree = Tree::new();
+    let mut ev = Events::new(&tree);
+    let log = new_log();
+    let slow = Backoff {
+        min_ms: 1_000,
+        max_ms: 1_000,
+        jitter: 0.0,
+        ..Backoff::default()
+    };
+    let spec = one_for_one()
+        .child(probe("a", &log).backoff(slow))
+        .child(probe("b", &log));
+    let (root, handle) = spawn_root(&tree, spec).await.expect("starts");
+    probe_at(&tree, "root/a").send_message(Cmd::Fail).unwrap();
+    ev.exited("root/a").await;
+    settle(&root).await;
+    let c = count_children(&root).await.unwrap();
+    assert_eq!((c.specs, c.active, c.workers), (2, 1, 2), "{c:?}");
+    ev.started("root/a", 2).await;
+    let c = count_children(&root).await.unwrap();
+    assert_eq!((c.specs, c.active), (2, 2), "{c:?}");
+    stop_root(root, handle).await;
+}
