@@ -861,3 +861,138 @@ async fn count_restarting_children() {
     assert_eq!((c.specs, c.active), (2, 2), "{c:?}");
     stop_root(root, handle).await;
 }
+
+/// `sup_stop_brutal_kill_dynamic`: dynamic children with `brutal_kill` are killed at the
+/// supervisor's stop, each recorded `killed`, none running its `post_stop`.
+#[tokio::test(start_paused = true)]
+async fn sup_stop_brutal_kill_dynamic() {
+    let tree = Tree::new();
+    let mut ev = Events::new(&tree);
+    let log = new_log();
+    let template = probe("job", &log)
+        .restart(Restart::Temporary)
+        .shutdown(Shutdown::BrutalKill);
+    let (root, handle) = spawn_root(&tree, one_for_one().dynamic(template, 10))
+        .await
+        .expect("starts");
+    for _ in 0..3 {
+        start_child(&root, ()).await.expect("started");
+    }
+    stop_root(root, handle).await;
+    let killed = ev
+        .drain()
+        .into_iter()
+        .filter(|e| {
+            matches!(
+                e.kind,
+                EventKind::Exited {
+                    class: ExitClass::Killed,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(killed, 3, "{}", ev.recent());
+    assert!(
+        !entries(&log).iter().any(|e| e.starts_with("stop:")),
+        "{:?}",
+        entries(&log)
+    );
+}
+
+/// `simple_one_for_one_escalation`: dynamic children crashing past the intensity make their
+/// supervisor give up, as static ones do.
+#[tokio::test(start_paused = true)]
+async fn simple_one_for_one_escalation() {
+    let tree = Tree::new();
+    let mut ev = Events::new(&tree);
+    let log = new_log();
+    let spec = SupervisorSpec::new(Strategy::OneForOne, intensity(1, Duration::from_secs(60)))
+        .dynamic(probe("job", &log), 10);
+    let (root, handle) = spawn_root(&tree, spec).await.expect("starts");
+    let child = start_child(&root, ()).await.expect("started");
+    let path = child.path.clone();
+    probe_at(&tree, &path).send_message(Cmd::Fail).unwrap();
+    ev.started(&path, 2).await;
+    probe_at(&tree, &path).send_message(Cmd::Fail).unwrap();
+    let reason = ev.gave_up("root").await;
+    assert!(reason.contains("restart intensity exceeded"), "{reason}");
+    join(handle, "root after giving up").await;
+}
+
+/// `hanging_restart_loop_simple`: a dynamic child whose restarts keep failing does not hang
+/// its supervisor, which answers meanwhile and gives up past its intensity.
+#[tokio::test(start_paused = true)]
+async fn hanging_restart_loop_simple() {
+    let tree = Tree::new();
+    let mut ev = Events::new(&tree);
+    let log = new_log();
+    let backoff = Backoff {
+        min_ms: 100,
+        max_ms: 100,
+        jitter: 0.0,
+        ..Backoff::default()
+    };
+    let template = failing_on("job", &log, &[2, 3, 4, 5, 6, 7, 8]).backoff(backoff);
+    let spec = SupervisorSpec::new(Strategy::OneForOne, intensity(3, Duration::from_secs(60)))
+        .dynamic(template, 10);
+    let (root, handle) = spawn_root(&tree, spec).await.expect("starts");
+    let child = start_child(&root, ()).await.expect("started");
+    probe_at(&tree, &child.path)
+        .send_message(Cmd::Fail)
+        .unwrap();
+    let path = child.path.clone();
+    ev.wait("the first failed restart", |e| {
+        e.path == path
+            && matches!(
+                e.kind,
+                EventKind::Exited {
+                    class: ExitClass::StartFailed,
+                    ..
+                }
+            )
+    })
+    .await;
+    assert_eq!(count_children(&root).await.expect("answers").dynamic, 1);
+    let reason = ev.gave_up("root").await;
+    assert!(reason.contains("restart intensity exceeded"), "{reason}");
+    join(handle, "root after giving up").await;
+}
+
+/// `significant_escalation`: a supervisor that ends by auto_shutdown is itself a significant
+/// child of a supervisor with auto_shutdown: that one ends too.
+#[tokio::test(start_paused = true)]
+async fn significant_escalation() {
+    let tree = Tree::new();
+    let mut ev = Events::new(&tree);
+    let log = new_log();
+    let step = probe("step", &log)
+        .restart(Restart::Temporary)
+        .significant(true);
+    let inner = ChildSpec::supervisor("inner", move |_| {
+        one_for_one()
+            .auto_shutdown(AutoShutdown::AnySignificant)
+            .child(step.clone())
+    })
+    .restart(Restart::Transient)
+    .significant(true);
+    let spec = one_for_one().child(
+        ChildSpec::supervisor("outer", move |_| {
+            one_for_one()
+                .auto_shutdown(AutoShutdown::AnySignificant)
+                .child(inner.clone())
+        })
+        .restart(Restart::Transient),
+    );
+    let (root, handle) = spawn_root(&tree, spec).await.expect("starts");
+    probe_at(&tree, "root/outer/inner/step")
+        .send_message(Cmd::Stop(None))
+        .unwrap();
+    let (class, _) = ev.exited("root/outer/inner").await;
+    assert_eq!(class, ExitClass::Shutdown);
+    let (class, reason) = ev.exited("root/outer").await;
+    assert_eq!(class, ExitClass::Shutdown, "{reason}");
+    settle(&root).await;
+    assert_eq!(status(&tree, "root/outer"), NodeStatus::Stopped);
+    stop_root(root, handle).await;
+}
