@@ -163,9 +163,9 @@ impl Config {
         // A cluster's nodes one by one (a list does not parse as one URL).
         shown.broker.url = shown
             .broker
-            .url
-            .split(',')
-            .map(|u| redact_url(u.trim(), false))
+            .urls()
+            .into_iter()
+            .map(|u| redact_url(u, false))
             .collect::<Vec<_>>()
             .join(",");
         shown.provider.twilio.base_url = redact_url(&shown.provider.twilio.base_url, false);

@@ -451,9 +451,14 @@ impl Tree {
         // Copy out under the read lock; build the nested structure outside it.
         let flat: Vec<(String, NodeSnapshot, u64)> = {
             let nodes = self.inner.nodes.read();
+            // Once per snapshot, not once per node (10,000 dynamic children).
+            let details = self.inner.details.read();
             nodes
                 .iter()
-                .map(|(path, r)| (path.clone(), self.node_snapshot(path, r, now), r.order))
+                .map(|(path, r)| {
+                    let snap = self.node_snapshot(path, r, now, &details);
+                    (path.clone(), snap, r.order)
+                })
                 .collect()
         };
         let count = flat.len();
@@ -508,7 +513,13 @@ impl Tree {
         }
     }
 
-    fn node_snapshot(&self, path: &str, r: &NodeRecord, now: Instant) -> NodeSnapshot {
+    fn node_snapshot(
+        &self,
+        path: &str,
+        r: &NodeRecord,
+        now: Instant,
+        details: &BTreeMap<String, (ractor::ActorId, String)>,
+    ) -> NodeSnapshot {
         let alive = r.status == NodeStatus::Running;
         NodeSnapshot {
             path: path.to_string(),
@@ -533,10 +544,7 @@ impl Tree {
                 .map(|t| t.saturating_duration_since(now).as_millis() as u64),
             last_exits: r.exits.iter().cloned().collect(),
             detail: match (&r.cell, alive) {
-                (Some(cell), true) => self
-                    .inner
-                    .details
-                    .read()
+                (Some(cell), true) => details
                     .get(path)
                     .filter(|(id, _)| *id == cell.get_id())
                     .map(|(_, d)| d.clone()),

@@ -104,6 +104,17 @@ pub struct SupervisorSpec {
     pub auto_shutdown: AutoShutdown,
 }
 
+/// A child id is one path segment of the tree: not empty, no `/`.
+fn check_id(id: &str, field: &str) -> Result<(), SupervisorError> {
+    if id.is_empty() || id.contains('/') {
+        return Err(SupervisorError::InvalidSpec {
+            field: field.to_owned(),
+            reason: format!("{id:?} is empty or holds a '/'"),
+        });
+    }
+    Ok(())
+}
+
 fn check_significant(
     c: &ChildSpec,
     auto_shutdown: AutoShutdown,
@@ -160,21 +171,14 @@ impl SupervisorSpec {
         }
         let mut seen = HashSet::new();
         for c in &self.children {
-            if c.id.is_empty() || c.id.contains('/') {
-                return invalid("children.id", format!("{:?} is empty or holds a '/'", c.id));
-            }
+            check_id(&c.id, "children.id")?;
             if !seen.insert(c.id.as_str()) {
                 return invalid("children.id", format!("duplicate child id `{}`", c.id));
             }
             check_significant(c, self.auto_shutdown, "children.significant")?;
         }
         if let Some(d) = &self.dynamic {
-            if d.template.id.is_empty() || d.template.id.contains('/') {
-                return invalid(
-                    "dynamic.template.id",
-                    format!("{:?} is empty or holds a '/'", d.template.id),
-                );
-            }
+            check_id(&d.template.id, "dynamic.template.id")?;
             if d.max_children == 0 {
                 return invalid("dynamic.max_children", "must be at least 1".into());
             }
@@ -1117,12 +1121,7 @@ impl SupervisorState {
                 _ => SupervisorError::AlreadyStarted(spec.id),
             });
         }
-        if spec.id.is_empty() || spec.id.contains('/') {
-            return Err(SupervisorError::InvalidSpec {
-                field: "id".into(),
-                reason: format!("{:?} is empty or holds a '/'", spec.id),
-            });
-        }
+        check_id(&spec.id, "id")?;
         check_significant(&spec, self.auto_shutdown, "significant")?;
         let i = self.statics.len();
         let id = spec.id.clone();
