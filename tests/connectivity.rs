@@ -383,9 +383,22 @@ async fn quorum_queues_count_deliveries_and_a_type_mismatch_is_named() {
     app.shutdown().await.expect("clean stop");
     publisher.close().await;
 
-    // Classic queues of the same names exist; asking for quorum is refused with both types.
+    // The other way round: quorum queues exist, classic ones are asked for. RabbitMQ's
+    // refusal names another argument, so the type comes from drover's own probe.
     let mut classic = env.config.broker.clone();
     classic.queue_type = QueueType::Classic;
+    match Broker::connect(&classic, &MemoryBroker::new()).await {
+        Err(e @ BrokerError::QueueMismatch { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("already exists as a quorum queue, but"),
+                "{text}"
+            );
+        }
+        other => panic!("expected a queue mismatch, got {other:?}"),
+    }
+
+    // Classic queues of the same names exist; asking for quorum is refused with both types.
     env.broker("drover-test-reset")
         .await
         .delete_topology()

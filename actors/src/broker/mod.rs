@@ -137,16 +137,7 @@ pub enum BrokerError {
     /// A queue of the topology already exists with other arguments (another type, another
     /// delivery limit) than drover declares: RabbitMQ refuses the redeclaration, and it
     /// cannot be fixed by retrying.
-    #[error(
-        "queue {queue:?} already exists as a {existing} queue{}, but drover declares it as a \
-         {wanted} queue (broker.queue_type = \"{wanted}\"){}; the broker says: {reason}",
-        if existing == wanted.as_str() { " with other arguments" } else { "" },
-        if existing == wanted.as_str() {
-            ": delete the queue after draining it, or match its arguments (broker.delivery_limit)"
-        } else {
-            ": a queue cannot change type; set broker.queue_type to its type, or drain and delete it"
-        }
-    )]
+    #[error("{}", mismatch(queue, *wanted, existing, reason))]
     QueueMismatch {
         /// The queue.
         queue: String,
@@ -236,6 +227,26 @@ pub enum BrokerError {
         /// Why.
         reason: String,
     },
+}
+
+/// [`BrokerError::QueueMismatch`]'s sentence: what the queue is, what drover wanted, what to do.
+fn mismatch(queue: &str, wanted: QueueType, existing: &str, reason: &str) -> String {
+    let what = if existing == wanted.as_str() {
+        format!("already exists as a {existing} queue with other arguments")
+    } else if existing == "unknown" {
+        "already exists with other arguments".to_owned()
+    } else {
+        format!("already exists as a {existing} queue")
+    };
+    let todo = if existing == wanted.as_str() || existing == "unknown" {
+        "delete the queue after draining it, or match its arguments (broker.delivery_limit)"
+    } else {
+        "a queue cannot change type; set broker.queue_type to its type, or drain and delete it"
+    };
+    format!(
+        "queue {queue:?} {what}, but drover declares it as a {wanted} queue (broker.queue_type = \
+         \"{wanted}\"): {todo}; the broker says: {reason}"
+    )
 }
 
 impl BrokerError {
@@ -774,6 +785,37 @@ impl Signal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_queue_mismatch_says_what_the_queue_is_and_what_to_do() {
+        let cases = [
+            (
+                "classic",
+                QueueType::Quorum,
+                "already exists as a classic queue, but",
+                "cannot change type",
+            ),
+            (
+                "quorum",
+                QueueType::Quorum,
+                "as a quorum queue with other arguments",
+                "broker.delivery_limit",
+            ),
+            (
+                "unknown",
+                QueueType::Classic,
+                "already exists with other arguments, but",
+                "broker.delivery_limit",
+            ),
+        ];
+        for (existing, wanted, what, todo) in cases {
+            let text = mismatch("q", wanted, existing, "PRECONDITION_FAILED");
+            assert!(
+                text.contains(what) && text.contains(todo),
+                "{existing}: {text}"
+            );
+        }
+    }
 
     #[test]
     fn validates() {

@@ -316,7 +316,7 @@ impl RabbitBroker {
                 // differs: ask again with the type alone to learn the queue's type.
                 let existing = match queue_type_in(&reason) {
                     Some(t) => t,
-                    None => self.existing_type(&queue).await,
+                    None => self.existing_type(&queue, route).await,
                 };
                 return Err(BrokerError::QueueMismatch {
                     queue: config.queue(route).to_owned(),
@@ -342,26 +342,38 @@ impl RabbitBroker {
         Ok(())
     }
 
-    /// The type of an existing `queue` that refused drover's declaration: declared again
-    /// with `x-queue-type` alone, the broker either accepts (the type is ours) or names the
-    /// queue's type in its refusal. `unknown` when it cannot be learnt.
-    async fn existing_type(&self, queue: &ShortString) -> String {
-        let wanted = self.inner.config.queue_type.as_str();
-        let Ok(channel) = self.channel().await else {
-            return "unknown".into();
-        };
-        let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), AMQPValue::LongString(wanted.into()));
-        let probe = channel.queue_declare(queue.clone(), QueueDeclareOptions::durable(), args);
-        let answer = self.bounded("queue.declare (type probe)", probe).await;
-        self.close_channel(&channel).await;
-        match answer {
-            Ok(Ok(_)) => wanted.to_owned(),
-            Ok(Err(e)) => queue_type_in(&e.to_string())
-                // Refused over another argument: the type itself matched.
-                .unwrap_or_else(|| wanted.to_owned()),
-            Err(_) => "unknown".into(),
+    /// The type of an existing `queue` (of `route`) that refused drover's declaration: it is
+    /// declared again as drover would declare it with each type (quorum first: a classic
+    /// declaration carries no type to compare), and the one the broker accepts is its type;
+    /// failing that, a refusal that names `x-queue-type` says it. `unknown` when neither does
+    /// (the type matches one of ours but other arguments differ, e.g. another delivery limit).
+    async fn existing_type(&self, queue: &ShortString, route: Route) -> String {
+        let mut refusals = Vec::new();
+        for queue_type in [QueueType::Quorum, QueueType::Classic] {
+            let Ok(channel) = self.channel().await else {
+                return "unknown".into();
+            };
+            let config = BrokerConfig {
+                queue_type,
+                ..self.inner.config.clone()
+            };
+            let probe = channel.queue_declare(
+                queue.clone(),
+                QueueDeclareOptions::durable(),
+                queue_arguments(&config, route),
+            );
+            let answer = self.bounded("queue.declare (type probe)", probe).await;
+            self.close_channel(&channel).await;
+            match answer {
+                Ok(Ok(_)) => return queue_type.as_str().to_owned(),
+                Ok(Err(e)) => refusals.push(e.to_string()),
+                Err(_) => return "unknown".into(),
+            }
         }
+        refusals
+            .iter()
+            .find_map(|r| queue_type_in(r))
+            .unwrap_or_else(|| "unknown".into())
     }
 
     /// Await a broker round trip, bounded by the connect timeout: a peer that stopped
