@@ -252,7 +252,8 @@ pub enum LookupError {
 }
 
 struct TreeInner {
-    nodes: RwLock<BTreeMap<String, NodeRecord>>,
+    /// Keyed by path, shared with the supervisor's own record of the child (no copy per start).
+    nodes: RwLock<BTreeMap<Arc<str>, NodeRecord>>,
     events: broadcast::Sender<TreeEvent>,
     origin: Instant,
     wall_origin: SystemTime,
@@ -326,8 +327,13 @@ impl Tree {
             .unwrap_or(0)
     }
 
+    /// Whether anyone listens: lets a caller skip building an event nobody reads.
+    pub(crate) fn has_subscribers(&self) -> bool {
+        self.inner.events.receiver_count() > 0
+    }
+
     pub(crate) fn emit(&self, path: &str, generation: u64, kind: EventKind) {
-        if self.inner.events.receiver_count() == 0 {
+        if !self.has_subscribers() {
             return;
         }
         let _ = self.inner.events.send(TreeEvent {
@@ -348,8 +354,8 @@ impl Tree {
             .insert(path.to_owned(), (me, detail));
     }
 
-    pub(crate) fn insert(&self, path: &str, record: NodeRecord) {
-        self.inner.nodes.write().insert(path.to_string(), record);
+    pub(crate) fn insert(&self, path: Arc<str>, record: NodeRecord) {
+        self.inner.nodes.write().insert(path, record);
     }
 
     pub(crate) fn update<R>(&self, path: &str, f: impl FnOnce(&mut NodeRecord) -> R) -> Option<R> {
@@ -364,8 +370,11 @@ impl Tree {
     pub(crate) fn purge_below(&self, path: &str) {
         let prefix = format!("{path}/");
         let mut nodes = self.inner.nodes.write();
-        let doomed: Vec<String> = nodes
-            .range(prefix.clone()..)
+        let doomed: Vec<Arc<str>> = nodes
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(|(k, _)| k.starts_with(&prefix))
             .map(|(k, _)| k.clone())
             .collect();
@@ -449,7 +458,7 @@ impl Tree {
         let now = Instant::now();
         let now_ms = self.ms_of(now);
         // Copy out under the read lock; build the nested structure outside it.
-        let flat: Vec<(String, NodeSnapshot, u64)> = {
+        let flat: Vec<(Arc<str>, NodeSnapshot, u64)> = {
             let nodes = self.inner.nodes.read();
             // Once per snapshot, not once per node (10,000 dynamic children).
             let details = self.inner.details.read();
@@ -464,8 +473,7 @@ impl Tree {
         let count = flat.len();
         let mut by_parent: HashMap<String, Vec<(u64, NodeSnapshot)>> = HashMap::new();
         let mut roots = Vec::new();
-        let known: std::collections::HashSet<&str> =
-            flat.iter().map(|(p, _, _)| p.as_str()).collect();
+        let known: std::collections::HashSet<&str> = flat.iter().map(|(p, _, _)| &**p).collect();
         let mut parents = Vec::with_capacity(count);
         for (path, _, _) in &flat {
             let parent = path

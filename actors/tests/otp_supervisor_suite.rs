@@ -210,9 +210,9 @@ async fn child_adm_simple() {
     assert_eq!(a.cell.get_status(), ActorStatus::Stopped);
     assert_eq!(
         ids(&which_children(&root).await.unwrap()),
-        vec![b.id.clone()]
+        vec![b.id().to_string()]
     );
-    terminate_child(&root, &b.id).await.expect("by id");
+    terminate_child(&root, b.id()).await.expect("by id");
     assert!(which_children(&root).await.unwrap().is_empty());
     assert_eq!(
         terminate_child_by_id(&root, a.cell.get_id()).await,
@@ -941,7 +941,7 @@ async fn hanging_restart_loop_simple() {
     probe_at(&tree, &child.path)
         .send_message(Cmd::Fail)
         .unwrap();
-    let path = child.path.clone();
+    let path = child.path.to_string();
     ev.wait("the first failed restart", |e| {
         e.path == path
             && matches!(

@@ -1016,7 +1016,7 @@ async fn max_children_refuses_then_allows_after_a_stop() {
     let fifth = within("start_child after a stop", start_child(&root, ()))
         .await
         .expect("a slot is free again");
-    assert_eq!(fifth.path, "root/w-4");
+    assert_eq!(&*fifth.path, "root/w-4");
     assert_eq!(
         within("count_children", count_children(&root))
             .await

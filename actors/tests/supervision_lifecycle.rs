@@ -478,7 +478,7 @@ async fn intensity_exceeded_escalates_and_parent_restarts_fresh_subtree() {
     let mid = mid_ref(&tree);
     for expected in ["w-1", "w-2"] {
         let c = start_child(&mid, ()).await.expect("dynamic child starts");
-        assert_eq!(c.id, expected);
+        assert_eq!(c.id(), expected);
     }
     assert_eq!(count_children(&mid).await.unwrap().dynamic, 2);
     assert_eq!(
@@ -572,7 +572,7 @@ async fn intensity_exceeded_escalates_and_parent_restarts_fresh_subtree() {
 
     // The new generation is usable: dynamic ids continue from 1 in the new incarnation.
     let c = start_child(&new_mid, ()).await.unwrap();
-    assert_eq!(c.path, "root/mid/w-1");
+    assert_eq!(&*c.path, "root/mid/w-1");
     stop_root(root, handle).await;
 }
 

@@ -35,7 +35,9 @@ pub mod policy;
 pub mod reported;
 pub mod spec;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -222,9 +224,19 @@ pub struct SupervisorArgs {
 /// A started dynamic child.
 #[derive(Debug, Clone)]
 pub struct StartedChild {
-    pub id: String,
-    pub path: String,
+    pub path: Arc<str>,
     pub cell: ActorCell,
+}
+
+impl StartedChild {
+    /// The child's id: the last segment of its path (`worker-7`).
+    pub fn id(&self) -> &str {
+        last_segment(&self.path)
+    }
+}
+
+fn last_segment(path: &str) -> &str {
+    path.rsplit_once('/').map_or(path, |(_, id)| id)
 }
 
 /// One child, as [`SupervisorMessage::WhichChildren`] reports it.
@@ -339,10 +351,10 @@ pub enum SupervisorMessage {
 pub struct Supervisor;
 
 struct Child {
-    spec: ChildSpec,
+    spec: Arc<ChildSpec>,
     args: Option<DynArgs>,
-    id: String,
-    path: String,
+    /// `<supervisor path>/<id>`, shared with the tree's key and each start's context.
+    path: Arc<str>,
     order: u64,
     cell: Option<ActorCell>,
     status: NodeStatus,
@@ -356,17 +368,21 @@ struct Child {
     watchdog: Watchdog,
     /// Set when the supervisor kills it on purpose (watchdog), to classify the exit.
     pending_exit: Option<(ExitClass, String)>,
-    /// The current incarnation's failing stop hook, if it failed ([`reported::Reported`]).
-    stop_error: reported::StopError,
+    /// What the current incarnation's start spawned and its failing stop hook, if it failed
+    /// ([`reported::Reported`]); made by each start.
+    incarnation: Option<reported::StopError>,
     removed: bool,
 }
 
 impl Child {
-    fn new(spec: ChildSpec, args: Option<DynArgs>, id: String, path: String, order: u64) -> Self {
+    fn id(&self) -> &str {
+        last_segment(&self.path)
+    }
+
+    fn new(spec: Arc<ChildSpec>, args: Option<DynArgs>, path: Arc<str>, order: u64) -> Self {
         Child {
             spec,
             args,
-            id,
             path,
             order,
             cell: None,
@@ -379,7 +395,7 @@ impl Child {
             watcher: None,
             watchdog: Watchdog::disabled(),
             pending_exit: None,
-            stop_error: Default::default(),
+            incarnation: None,
             removed: false,
         }
     }
@@ -393,7 +409,8 @@ pub struct SupervisorState {
     intensity: Intensity,
     rng: SplitMix64,
     statics: Vec<Child>,
-    dynamic: Option<DynamicSpec>,
+    /// The dynamic template (shared by every instance's `Child`) and `max_children`.
+    dynamic: Option<(Arc<ChildSpec>, usize)>,
     dyns: BTreeMap<u64, Child>,
     next_dyn: u64,
     by_id: HashMap<ActorId, ChildKey>,
@@ -401,7 +418,7 @@ pub struct SupervisorState {
     expected: HashSet<ActorId>,
     /// Incarnations found already dead when they were to be stopped: their late exit events
     /// are stale (`StaleIgnored`).
-    retired: HashMap<ActorId, (String, u64)>,
+    retired: HashMap<ActorId, (Arc<str>, u64)>,
     /// Exits of actors not (yet) in `by_id`, kept while a spawned start is in flight: an
     /// incarnation can die before its `StartDone` is handled (ractor delivers supervision
     /// events before messages), and that exit must not be lost.
@@ -410,7 +427,7 @@ pub struct SupervisorState {
     starts_in_flight: usize,
     /// Children found dead on their own while this supervisor stops, their exit event still
     /// in the mailbox: recorded when it is handled (path, generation, temporary static index).
-    dying: HashMap<ActorId, (String, u64, Option<usize>)>,
+    dying: HashMap<ActorId, (Arc<str>, u64, Option<usize>)>,
     window: std::collections::VecDeque<Instant>,
     /// Group restarts (one_for_all, rest_for_one): static children to start again, in start
     /// order, each not before its own time (its own backoff: a sibling queued without one
@@ -422,6 +439,8 @@ pub struct SupervisorState {
     shutting_down: bool,
     gave_up: Option<String>,
     auto_shutdown: AutoShutdown,
+    /// Reused to build dynamic children's paths.
+    path_buf: String,
 }
 
 impl std::fmt::Debug for SupervisorState {
@@ -435,13 +454,16 @@ impl std::fmt::Debug for SupervisorState {
 }
 
 /// Classify a `Terminated` exit reason.
-pub fn classify_stop(reason: Option<&str>) -> (ExitClass, String) {
+/// The usual reasons are borrowed: a per-message worker's normal end allocates nothing here.
+pub fn classify_stop(reason: Option<&str>) -> (ExitClass, Cow<'static, str>) {
     match reason {
-        None => (ExitClass::Normal, "normal".into()),
-        Some("normal") => (ExitClass::Normal, "normal".into()),
-        Some(r) if r == "shutdown" || r.starts_with("shutdown:") => (ExitClass::Shutdown, r.into()),
-        Some("killed") | Some("actor_task_cancelled") => (ExitClass::Killed, "killed".into()),
-        Some(r) => (ExitClass::Abnormal, r.into()),
+        None | Some("normal") => (ExitClass::Normal, Cow::Borrowed("normal")),
+        Some("shutdown") => (ExitClass::Shutdown, Cow::Borrowed("shutdown")),
+        Some(r) if r.starts_with("shutdown:") => (ExitClass::Shutdown, r.to_owned().into()),
+        Some("killed") | Some("actor_task_cancelled") => {
+            (ExitClass::Killed, Cow::Borrowed("killed"))
+        }
+        Some(r) => (ExitClass::Abnormal, r.to_owned().into()),
     }
 }
 
@@ -494,7 +516,7 @@ impl SupervisorState {
             period_ms: self.intensity.period.as_millis() as u64,
             window_used: self.window.len() as u32,
             dynamic_children: self.dyns.len(),
-            max_children: self.dynamic.as_ref().map(|d| d.max_children),
+            max_children: self.dynamic.as_ref().map(|d| d.1),
             gave_up: self.gave_up.clone(),
         };
         self.tree.update(&self.path, |r| r.supervisor = Some(info));
@@ -528,7 +550,8 @@ impl SupervisorState {
             Watchdog::disabled()
         };
         c.watchdog = watchdog.clone();
-        c.stop_error = Default::default();
+        let incarnation = reported::StopError::default();
+        c.incarnation = Some(incarnation.clone());
         let ctx = ChildCtx {
             supervisor: myself.clone(),
             path: c.path.clone(),
@@ -536,8 +559,7 @@ impl SupervisorState {
             tree,
             watchdog,
             args: c.args.clone(),
-            spawned: Default::default(),
-            stop_error: c.stop_error.clone(),
+            incarnation,
         };
         let out = (c.spec.start.clone(), c.spec.start_timeout, ctx);
         self.publish(key);
@@ -613,7 +635,7 @@ impl SupervisorState {
         }
         let cell = c.cell.take()?;
         let policy = c.spec.shutdown;
-        let c_stop_error = c.stop_error.clone();
+        let stop_error = c.incarnation.clone().unwrap_or_default();
         let (path, generation) = (c.path.clone(), c.generation);
         c.status = NodeStatus::Stopping;
         self.by_id.remove(&cell.get_id());
@@ -637,7 +659,6 @@ impl SupervisorState {
             return None;
         }
         self.expected.insert(cell.get_id());
-        let stop_error = c_stop_error;
         self.publish(key);
         Some((cell, policy, stop_error))
     }
@@ -701,7 +722,7 @@ impl SupervisorState {
         match key {
             ChildKey::Static(i) => self.statics.get(i).map(|c| c.spec.kind),
             // Already removed from `dyns` by the time this is asked: the template's kind.
-            ChildKey::Dynamic(_) => self.dynamic.as_ref().map(|d| d.template.kind),
+            ChildKey::Dynamic(_) => self.dynamic.as_ref().map(|d| d.0.kind),
         }
     }
 
@@ -762,7 +783,7 @@ impl SupervisorState {
     ) -> Result<(), (ExitClass, String)> {
         let (start, timeout, ctx) = self
             .prepare_start(&myself.get_cell(), key)
-            .ok_or((ExitClass::StartFailed, "no such child".to_string()))?;
+            .ok_or_else(|| (ExitClass::StartFailed, "no such child".to_string()))?;
         match run_start(start, timeout, ctx).await {
             Ok(cell) => {
                 self.on_started(myself, key, cell);
@@ -831,7 +852,7 @@ impl SupervisorState {
             let exceeded = b.max_retries.is_some_and(|m| c.consecutive > m);
             (
                 b.delay(c.consecutive, &mut rng),
-                c.id.clone(),
+                c.id().to_string(),
                 exceeded.then_some(b.max_retries),
             )
         };
@@ -989,13 +1010,14 @@ impl SupervisorState {
         myself: &ActorRef<SupervisorMessage>,
         id: ActorId,
         class: ExitClass,
-        reason: String,
+        reason: Cow<'static, str>,
     ) -> Result<(), ActorProcessingErr> {
         if self.expected.remove(&id) {
             return Ok(());
         }
         if let Some((path, generation, temporary)) = self.dying.remove(&id) {
             tracing::info!(child = %path, generation, ?class, %reason, "child exited on its own while its supervisor stopped");
+            let reason = reason.into_owned();
             let exit = self.tree.exit_record(generation, class, reason.clone());
             self.tree.push_exit(&path, exit);
             self.tree
@@ -1012,7 +1034,7 @@ impl SupervisorState {
                 self.tree.emit(&path, generation, EventKind::StaleIgnored);
             } else if self.starts_in_flight > 0 {
                 // Maybe an incarnation whose StartDone is still in our mailbox.
-                self.early_exits.insert(id, (class, reason));
+                self.early_exits.insert(id, (class, reason.into_owned()));
             }
             return Ok(());
         };
@@ -1026,7 +1048,10 @@ impl SupervisorState {
         }
         c.cell = None;
         c.token += 1;
-        let (class, reason) = c.pending_exit.take().unwrap_or((class, reason));
+        let (class, reason) = match c.pending_exit.take() {
+            Some((class, reason)) => (class, Cow::Owned(reason)),
+            None => (class, reason),
+        };
         let uptime = c.started_at.map(|s| now.saturating_duration_since(s));
         let restart = match c.spec.restart {
             Restart::Permanent => true,
@@ -1049,10 +1074,13 @@ impl SupervisorState {
             !restart && (restart_type == Restart::Temporary || matches!(key, ChildKey::Dynamic(_)));
         if removing {
             // Its record goes away at once: only the event stream hears of this exit.
-            self.tree
-                .emit(&path, generation, EventKind::Exited { class, reason });
+            if self.tree.has_subscribers() {
+                let reason = reason.into_owned();
+                self.tree
+                    .emit(&path, generation, EventKind::Exited { class, reason });
+            }
         } else {
-            self.record_exit(key, class, reason);
+            self.record_exit(key, class, reason.into_owned());
         }
         if kind == NodeKind::Supervisor {
             // Its subtree died with it; the next incarnation writes its own.
@@ -1125,12 +1153,14 @@ impl SupervisorState {
         check_significant(&spec, self.auto_shutdown, "significant")?;
         let i = self.statics.len();
         let id = spec.id.clone();
-        let path = format!("{}/{id}", self.path);
+        let path: Arc<str> = format!("{}/{id}", self.path).into();
         let order = i as u64;
-        self.tree
-            .insert(&path, NodeRecord::new(spec.kind, spec.restart, order));
+        self.tree.insert(
+            path.clone(),
+            NodeRecord::new(spec.kind, spec.restart, order),
+        );
         self.statics
-            .push(Child::new(spec, None, id.clone(), path, order));
+            .push(Child::new(Arc::new(spec), None, path, order));
         let key = ChildKey::Static(i);
         match self.start_inline(myself, key).await {
             Ok(()) => self.child(key).and_then(|c| c.cell.clone()).ok_or_else(|| {
@@ -1165,12 +1195,12 @@ impl SupervisorState {
     }
 
     fn child_key_by_id(&self, id: &str) -> Option<ChildKey> {
-        if let Some(i) = self.statics.iter().position(|c| !c.removed && c.id == id) {
+        if let Some(i) = self.statics.iter().position(|c| !c.removed && c.id() == id) {
             return Some(ChildKey::Static(i));
         }
         self.dyns
             .iter()
-            .find(|(_, c)| c.id == id)
+            .find(|(_, c)| c.id() == id)
             .map(|(n, _)| ChildKey::Dynamic(*n))
     }
 }
@@ -1181,14 +1211,14 @@ async fn run_start(
     timeout: Duration,
     ctx: ChildCtx,
 ) -> Result<ActorCell, (ExitClass, String)> {
-    let spawned = ctx.spawned.clone();
+    let incarnation = ctx.incarnation.clone();
     match tokio::time::timeout(timeout, start(ctx)).await {
         Ok(Ok(cell)) => Ok(cell),
         Ok(Err(e)) => Err((ExitClass::StartFailed, e.to_string())),
         Err(_) => {
             // It may have spawned its actor before overrunning: that incarnation is nobody's
             // and must not run beside the next one.
-            let orphans = std::mem::take(&mut *spawned.lock());
+            let orphans = incarnation.take_spawned();
             for cell in &orphans {
                 let _ = cell.kill_and_wait(None).await;
             }
@@ -1208,7 +1238,7 @@ async fn shutdown_cell(
     stop_error: &reported::StopError,
 ) -> (ExitClass, String) {
     let ended = stop_per_policy(cell, policy).await;
-    match stop_error.lock().take() {
+    match stop_error.take_stop_error() {
         Some(e) if ended.0 == ExitClass::Shutdown => {
             (ExitClass::Abnormal, format!("stop hook failed: {e}"))
         }
@@ -1265,7 +1295,7 @@ impl Actor for Supervisor {
         let root = !path.contains('/');
         if root || tree.update(&path, |_| ()).is_none() {
             tree.insert(
-                &path,
+                path.as_str().into(),
                 NodeRecord::new(NodeKind::Supervisor, Restart::Permanent, 0),
             );
         }
@@ -1274,8 +1304,8 @@ impl Actor for Supervisor {
             .into_iter()
             .enumerate()
             .map(|(i, s)| {
-                let id = s.id.clone();
-                Child::new(s, None, id.clone(), format!("{path}/{id}"), i as u64)
+                let child_path = format!("{path}/{}", s.id).into();
+                Child::new(Arc::new(s), None, child_path, i as u64)
             })
             .collect::<Vec<_>>();
         let mut state = SupervisorState {
@@ -1285,7 +1315,7 @@ impl Actor for Supervisor {
             intensity: spec.intensity,
             rng: SplitMix64::new(spec.seed),
             statics,
-            dynamic: spec.dynamic,
+            dynamic: spec.dynamic.map(|d| (Arc::new(d.template), d.max_children)),
             dyns: BTreeMap::new(),
             next_dyn: 0,
             by_id: HashMap::new(),
@@ -1301,16 +1331,17 @@ impl Actor for Supervisor {
             shutting_down: false,
             gave_up: None,
             auto_shutdown: spec.auto_shutdown,
+            path_buf: String::new(),
         };
         state.publish_self();
         for i in 0..state.statics.len() {
             let c = &state.statics[i];
             let rec = NodeRecord::new(c.spec.kind, c.spec.restart, c.order);
-            tree.insert(&c.path, rec);
+            tree.insert(c.path.clone(), rec);
         }
         for i in 0..state.statics.len() {
             if let Err((class, reason)) = state.start_inline(&myself, ChildKey::Static(i)).await {
-                let id = state.statics[i].id.clone();
+                let id = state.statics[i].id().to_string();
                 state.record_exit(ChildKey::Static(i), class, reason.clone());
                 state.set_status(ChildKey::Static(i), NodeStatus::Stopped);
                 tracing::error!(supervisor = %path, child = %id, %reason, "child failed to start at boot; rolling back");
@@ -1434,8 +1465,8 @@ impl Actor for Supervisor {
                     .map(|c| (false, c))
                     .chain(state.dyns.values().map(|c| (true, c)))
                     .map(|(dynamic, c)| ChildInfo {
-                        id: c.id.clone(),
-                        path: c.path.clone(),
+                        id: c.id().to_string(),
+                        path: c.path.to_string(),
                         dynamic,
                         status: c.status,
                         generation: c.generation,
@@ -1519,12 +1550,12 @@ impl Actor for Supervisor {
                         state.on_started(&myself, key, cell);
                         if let Some((class, reason)) = early {
                             // It died before this report was handled: its exit counts now.
-                            state.on_exit(&myself, id, class, reason).await?;
+                            state.on_exit(&myself, id, class, reason.into()).await?;
                         }
                         state.drive_queue(&myself);
                     }
                     Err((class, reason)) => {
-                        tracing::warn!(child = %state.child(key).map(|c| c.path.as_str()).unwrap_or("?"), %reason, "restart attempt failed");
+                        tracing::warn!(child = %state.child(key).map(|c| &*c.path).unwrap_or("?"), %reason, "restart attempt failed");
                         state.record_exit(key, class, reason);
                         state.restart_later(&myself, key, None, true).await?;
                     }
@@ -1569,7 +1600,12 @@ impl Actor for Supervisor {
             }
             SupervisionEvent::ActorFailed(cell, err) => {
                 state
-                    .on_exit(&myself, cell.get_id(), ExitClass::Abnormal, err.to_string())
+                    .on_exit(
+                        &myself,
+                        cell.get_id(),
+                        ExitClass::Abnormal,
+                        err.to_string().into(),
+                    )
                     .await
             }
             _ => Ok(()),
@@ -1585,32 +1621,26 @@ async fn start_dynamic(
     if state.shutting_down {
         return Err(SupervisorError::ShuttingDown);
     }
-    let Some(dynamic) = state.dynamic.clone() else {
+    let Some((template, max_children)) = state.dynamic.clone() else {
         return Err(SupervisorError::NoDynamicSpec);
     };
-    if state.dyns.len() >= dynamic.max_children {
-        return Err(SupervisorError::MaxChildren(dynamic.max_children));
+    if state.dyns.len() >= max_children {
+        return Err(SupervisorError::MaxChildren(max_children));
     }
     state.next_dyn += 1;
     let n = state.next_dyn;
-    let id = format!("{}-{n}", dynamic.template.id);
-    let path = format!("{}/{id}", state.path);
+    // Written into a kept buffer and copied once into the shared `Arc<str>`.
+    let mut buf = std::mem::take(&mut state.path_buf);
+    buf.clear();
+    let _ = write!(buf, "{}/{}-{n}", state.path, template.id);
+    let path: Arc<str> = Arc::from(buf.as_str());
+    state.path_buf = buf;
     let order = DYN_ORDER_BASE + n;
-    let kind = dynamic.template.kind;
-    let restart = dynamic.template.restart;
-    state.dyns.insert(
-        n,
-        Child::new(
-            dynamic.template,
-            Some(args),
-            id.clone(),
-            path.clone(),
-            order,
-        ),
-    );
+    let record = NodeRecord::new(template.kind, template.restart, order);
     state
-        .tree
-        .insert(&path, NodeRecord::new(kind, restart, order));
+        .dyns
+        .insert(n, Child::new(template, Some(args), path.clone(), order));
+    state.tree.insert(path.clone(), record);
     let key = ChildKey::Dynamic(n);
     match state.start_inline(myself, key).await {
         Ok(()) => {
@@ -1618,14 +1648,17 @@ async fn start_dynamic(
                 .child(key)
                 .and_then(|c| c.cell.clone())
                 .ok_or_else(|| SupervisorError::StartFailed {
-                    child: id.clone(),
+                    child: last_segment(&path).to_string(),
                     reason: "exited during start".into(),
                 })?;
-            Ok(StartedChild { id, path, cell })
+            Ok(StartedChild { path, cell })
         }
         Err((_, reason)) => {
             state.remove_child(key);
-            Err(SupervisorError::StartFailed { child: id, reason })
+            Err(SupervisorError::StartFailed {
+                child: last_segment(&path).to_string(),
+                reason,
+            })
         }
     }
 }

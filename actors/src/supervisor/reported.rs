@@ -9,10 +9,52 @@
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+/// What one incarnation leaves where its supervisor reads it: the actors its start spawned
+/// (killed if the start overruns its timeout) and its failing stop hook's error. One
+/// allocation per start, none more for the usual single spawned actor: this is on the path
+/// of every per-message worker.
+#[derive(Default)]
+pub struct Incarnation {
+    spawned: Mutex<(Option<ActorCell>, Vec<ActorCell>)>,
+    stop_error: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for Incarnation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incarnation")
+            .field("stop_error", &*self.stop_error.lock())
+            .finish()
+    }
+}
+
+impl Incarnation {
+    pub(crate) fn push_spawned(&self, cell: ActorCell) {
+        let mut s = self.spawned.lock();
+        if s.0.is_none() {
+            s.0 = Some(cell);
+        } else {
+            s.1.push(cell);
+        }
+    }
+
+    pub(crate) fn take_spawned(&self) -> Vec<ActorCell> {
+        let mut s = self.spawned.lock();
+        let (first, mut more) = (s.0.take(), std::mem::take(&mut s.1));
+        if let Some(first) = first {
+            more.insert(0, first);
+        }
+        more
+    }
+
+    pub(crate) fn take_stop_error(&self) -> Option<String> {
+        self.stop_error.lock().take()
+    }
+}
 
 /// Where an incarnation's failing stop hook leaves its error.
-pub type StopError = Arc<Mutex<Option<String>>>;
+pub type StopError = Arc<Incarnation>;
 
 /// Runs `A` unchanged, except that an `Err` from its `post_stop` is also written to `error`.
 pub struct Reported<A> {
@@ -56,7 +98,7 @@ impl<A: Actor> Actor for Reported<A> {
     ) -> Result<(), ActorProcessingErr> {
         let result = self.inner.post_stop(myself, state).await;
         if let Err(e) = &result {
-            *self.error.lock() = Some(e.to_string());
+            *self.error.stop_error.lock() = Some(e.to_string());
         }
         result
     }

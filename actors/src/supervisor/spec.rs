@@ -29,7 +29,7 @@ pub struct ChildCtx {
     /// The supervisor: spawn the child linked to it (`Actor::spawn_linked(.., ctx.supervisor)`).
     pub supervisor: ActorCell,
     /// The child's path in the tree (`root/broker/connection`).
-    pub path: String,
+    pub path: Arc<str>,
     /// Incarnation number, from 1.
     pub generation: u64,
     /// The live tree (child supervisors need it).
@@ -38,11 +38,10 @@ pub struct ChildCtx {
     pub watchdog: Watchdog,
     /// A dynamic child's arguments.
     pub args: Option<DynArgs>,
-    /// What this start spawned ([`ChildCtx::spawned`]): killed if the start overruns its
-    /// timeout, so that no incarnation lives on untracked beside the next one.
-    pub(crate) spawned: Arc<parking_lot::Mutex<Vec<ActorCell>>>,
-    /// Where this incarnation's failing stop hook is reported ([`Reported`]).
-    pub(crate) stop_error: StopError,
+    /// What this start spawned ([`ChildCtx::spawned`]), killed if the start overruns its
+    /// timeout so that no incarnation lives on untracked beside the next one, and where its
+    /// failing stop hook is reported ([`Reported`]).
+    pub(crate) incarnation: StopError,
 }
 
 impl fmt::Debug for ChildCtx {
@@ -66,7 +65,7 @@ impl ChildCtx {
     /// incarnation running (two consumers of one queue). [`ChildSpec::worker`] and
     /// [`ChildSpec::supervisor`] do it.
     pub fn spawned(&self, cell: &ActorCell) {
-        self.spawned.lock().push(cell.clone());
+        self.incarnation.push_spawned(cell.clone());
     }
 }
 
@@ -146,7 +145,7 @@ impl ChildSpec {
                 let (inner, args) = make(&ctx);
                 let actor = Reported {
                     inner,
-                    error: ctx.stop_error.clone(),
+                    error: ctx.incarnation.clone(),
                 };
                 let (r, _) = Actor::spawn_linked(None, actor, args, ctx.supervisor.clone())
                     .await
@@ -169,7 +168,7 @@ impl ChildSpec {
                 let args = SupervisorArgs {
                     spec: make(&ctx),
                     tree: ctx.tree.clone(),
-                    path: ctx.path.clone(),
+                    path: ctx.path.to_string(),
                 };
                 let (r, _) = Actor::spawn_linked(None, Supervisor, args, ctx.supervisor.clone())
                     .await
