@@ -1172,12 +1172,46 @@ async fn batch_variants_match_single_ones(db: &TestDb) {
     );
     assert_eq!(batch_admissions, single_admissions);
 
-    for (single, batch) in singles.iter().zip(&batched) {
-        let mut single = get(&s, single.id).await;
-        let mut batch = get(&s, batch.id).await;
-        single.id = Uuid::nil();
-        batch.id = Uuid::nil();
-        assert_eq!(single, batch);
+    // A new id twice in one batch: the first occurrence is admitted and the second sees it
+    // (this store's sending lease is 0: it takes it over as interrupted), as two single calls
+    // would.
+    let new_single = msg(10);
+    let new_batched = OutboundMessage {
+        id: Uuid::new_v4(),
+        ..new_single.clone()
+    };
+    let single_admissions = vec![
+        s.begin_attempt(&new_single, NOW + 3).await.unwrap(),
+        s.begin_attempt(&new_single, NOW + 3).await.unwrap(),
+    ];
+    let batch_admissions = s
+        .begin_attempts(&[new_batched.clone(), new_batched.clone()], NOW + 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        single_admissions,
+        vec![
+            proceed(1),
+            Admission::Proceed {
+                attempt: 2,
+                interrupted: true
+            }
+        ]
+    );
+    assert_eq!(batch_admissions, single_admissions);
+
+    let pairs = [
+        (&singles[..], &batched[..]),
+        (&[new_single][..], &[new_batched][..]),
+    ];
+    for (singles, batched) in pairs {
+        for (single, batch) in singles.iter().zip(batched) {
+            let mut single = get(&s, single.id).await;
+            let mut batch = get(&s, batch.id).await;
+            single.id = Uuid::nil();
+            batch.id = Uuid::nil();
+            assert_eq!(single, batch);
+        }
     }
 }
 

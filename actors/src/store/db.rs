@@ -97,6 +97,14 @@ impl Tx {
         }
     }
 
+    /// The PostgreSQL transaction, for statements only it understands.
+    pub(super) fn pg(&mut self) -> Option<&mut Transaction<'static, Postgres>> {
+        match self {
+            Tx::Pg(tx) => Some(tx),
+            Tx::Sqlite(_) => None,
+        }
+    }
+
     pub(super) async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
             Tx::Pg(tx) => tx.commit().await,

@@ -38,6 +38,7 @@ mod db;
 mod error;
 mod migrations;
 mod ops;
+mod pg_batch;
 mod types;
 
 use std::collections::BTreeMap;
@@ -214,7 +215,32 @@ impl Store {
         }
         let mut tx = self.pool.begin(Mode::Write).await?;
         let mut results = Vec::with_capacity(msgs.len());
-        for i in lock_order(msgs, |m| m.id) {
+        let order = lock_order(msgs, |m| m.id);
+        // PostgreSQL: every message seen for the first time in one statement; the first
+        // occurrence of an id is the one a sequence of single calls would admit.
+        let firsts = first_occurrences(&order, |i| msgs[i].id);
+        let fresh = match tx.pg() {
+            Some(pg) => {
+                let new: Vec<&OutboundMessage> = firsts.iter().map(|&i| &msgs[i]).collect();
+                pg_batch::insert_new(pg, &new, now_ms).await?
+            }
+            None => Default::default(),
+        };
+        let mut admitted = vec![false; msgs.len()];
+        for &i in &firsts {
+            admitted[i] = fresh.contains(msgs[i].id.to_string().as_str());
+        }
+        for i in order {
+            if admitted[i] {
+                results.push((
+                    i,
+                    Admission::Proceed {
+                        attempt: 1,
+                        interrupted: false,
+                    },
+                ));
+                continue;
+            }
             results.push((
                 i,
                 ops::begin_one(&mut tx, &msgs[i], now_ms, self.sending_lease_ms).await?,
@@ -272,9 +298,40 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.pool.begin(Mode::Write).await?;
-        for i in lock_order(outcomes, |o| o.0) {
-            let (id, attempt, outcome) = &outcomes[i];
-            ops::record_one(&mut tx, *id, *attempt, outcome, now_ms).await?;
+        let order = lock_order(outcomes, |o| o.0);
+        let Some(pg) = tx.pg() else {
+            for i in order {
+                let (id, attempt, outcome) = &outcomes[i];
+                ops::record_one(&mut tx, *id, *attempt, outcome, now_ms).await?;
+            }
+            tx.commit().await?;
+            return Ok(());
+        };
+        // PostgreSQL: the first outcome of each message in one statement, in lock order; a
+        // repeated id's later outcomes then one by one, in input order, as single calls would
+        // see them (after the first).
+        let firsts = first_occurrences(&order, |i| outcomes[i].0);
+        let ids: Vec<String> = firsts.iter().map(|&i| outcomes[i].0.to_string()).collect();
+        let batch: Vec<(&str, u32, &AttemptOutcome)> = firsts
+            .iter()
+            .zip(&ids)
+            .map(|(&i, id)| (id.as_str(), outcomes[i].1, &outcomes[i].2))
+            .collect();
+        let changed = pg_batch::record(pg, &batch, now_ms).await?;
+        for (&i, id) in firsts.iter().zip(&ids) {
+            if !changed.contains(id) {
+                let (id, attempt, outcome) = &outcomes[i];
+                ops::stale_outcome(*id, *attempt, outcome);
+            }
+        }
+        let mut done = vec![false; outcomes.len()];
+        for &i in &firsts {
+            done[i] = true;
+        }
+        for (i, (id, attempt, outcome)) in outcomes.iter().enumerate() {
+            if !done[i] {
+                ops::record_one(&mut tx, *id, *attempt, outcome, now_ms).await?;
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -530,6 +587,17 @@ fn lock_order<T>(items: &[T], key: impl Fn(&T) -> Uuid) -> Vec<usize> {
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by_key(|&i| key(&items[i]));
     order
+}
+
+/// The indices of `order` whose key is seen for the first time, in `order`'s order (a stable
+/// sort by key keeps a repeated key's occurrences in input order: the first is the earliest).
+fn first_occurrences(order: &[usize], key: impl Fn(usize) -> Uuid) -> Vec<usize> {
+    let mut seen = std::collections::HashSet::with_capacity(order.len());
+    order
+        .iter()
+        .copied()
+        .filter(|&i| seen.insert(key(i)))
+        .collect()
 }
 
 /// Results keyed by input index, back in input order.

@@ -264,6 +264,16 @@ SET finished_at = $2, outcome = $3, error_class = $4, error = $5, latency_ms = $
     provider_message_id = $7
 WHERE message_id = $1 AND attempt = (SELECT MAX(attempt) FROM attempts WHERE message_id = $1)";
 
+/// An outcome for an attempt that is no longer current: logged, nothing changes.
+pub(super) fn stale_outcome(id: Uuid, attempt: u32, outcome: &AttemptOutcome) {
+    tracing::warn!(
+        message_id = %id,
+        attempt,
+        outcome = outcome.kind().as_str(),
+        "stale attempt outcome ignored: the message is not sending with that attempt"
+    );
+}
+
 pub(super) async fn record_one(
     tx: &mut Tx,
     id: Uuid,
@@ -360,12 +370,7 @@ pub(super) async fn record_one(
         }
     };
     if updated == 0 {
-        tracing::warn!(
-            message_id = %id,
-            attempt,
-            outcome = outcome.kind().as_str(),
-            "stale attempt outcome ignored: the message is not sending with that attempt"
-        );
+        stale_outcome(id, attempt, outcome);
         return Ok(());
     }
     tx.execute(
