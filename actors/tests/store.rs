@@ -1302,6 +1302,11 @@ async fn configuration_errors_are_not_unavailable() {
             max_connections: 0,
             ..StoreConfig::default()
         },
+        StoreConfig {
+            max_connections: 2,
+            min_connections: 3,
+            ..StoreConfig::default()
+        },
     ];
     for config in cases {
         let err = Store::connect(&config)

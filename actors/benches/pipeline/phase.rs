@@ -178,6 +178,43 @@ pub(crate) async fn collect_latencies(
     Ok((sent, provider, max_updated))
 }
 
+/// When the slowest 1 % (publish -> provider) were published: a few 100 ms windows mean a
+/// stall (a pool filling up, a checkpoint), many mean a tail spread over the run.
+fn slowest_note(marks: &Marks) -> Option<String> {
+    let mut lat: Vec<(u64, u64)> = (0..marks.hits.len())
+        .filter_map(|i| {
+            let r = marks.received_ns[i].load(Ordering::Relaxed);
+            let p = marks.publish_ns[i].load(Ordering::Relaxed);
+            (r > 0 && p > 0).then(|| (r.saturating_sub(p), p))
+        })
+        .collect();
+    if lat.len() < 100 {
+        return None;
+    }
+    let first = lat.iter().map(|(_, p)| *p).min()?;
+    lat.sort_unstable_by_key(|l| std::cmp::Reverse(l.0));
+    let slow = &lat[..lat.len() / 100];
+    let at = |p: u64| (p - first) as f64 / 1e9;
+    let windows: std::collections::BTreeSet<u64> = slow
+        .iter()
+        .map(|(_, p)| (p - first) / 100_000_000)
+        .collect();
+    let top: Vec<String> = windows
+        .iter()
+        .take(8)
+        .map(|w| format!("{:.1}", *w as f64 / 10.0))
+        .collect();
+    Some(format!(
+        "slowest 1% ({} messages, >= {:.1} ms): published {:.2}-{:.2} s into the run, in {} of its 100-ms windows (from {} s)",
+        slow.len(),
+        slow.last()?.0 as f64 / 1e6,
+        at(slow.iter().map(|(_, p)| *p).min()?),
+        at(slow.iter().map(|(_, p)| *p).max()?),
+        windows.len(),
+        top.join(", ")
+    ))
+}
+
 pub(crate) async fn run_phase(
     kind: Kind,
     s: &Settings,
@@ -284,6 +321,9 @@ pub(crate) async fn run_phase(
             .min()
             .unwrap_or(0);
         let mut notes = vec![pg_note(pg_before, pg_after, n)];
+        if let Some(note) = slowest_note(&marks) {
+            notes.push(note);
+        }
         let duplicates = marks
             .hits
             .iter()

@@ -177,6 +177,9 @@ impl Names {
         StoreConfig {
             url: s.database_url.clone(),
             max_connections: s.max_connections,
+            min_connections: StoreConfig::default()
+                .min_connections
+                .min(s.max_connections),
             schema: Some(self.schema.clone()),
             group_commit_max_batch: s.group_commit,
             group_commit_in_flight: s.group_in_flight,

@@ -151,17 +151,27 @@ async fn execute_begins(store: &Store, ops: Vec<BeginOp>) {
     if ops.is_empty() {
         return;
     }
-    if ops.len() > 1 {
-        let now = ops.iter().map(|(_, n, _)| *n).max().unwrap_or_default();
-        let msgs: Vec<OutboundMessage> = ops.iter().map(|(m, _, _)| m.clone()).collect();
-        if let Ok(admissions) = store.begin_attempts(&msgs, now).await {
-            for ((_, _, reply), a) in ops.into_iter().zip(admissions) {
+    let now = ops.iter().map(|(_, n, _)| *n).max().unwrap_or_default();
+    let msgs: Vec<OutboundMessage> = ops.iter().map(|(m, _, _)| m.clone()).collect();
+    let (admissions, failed) = store.begin_batch(&msgs, now).await;
+    if let (Some(e), [_]) = (failed, ops.as_slice()) {
+        // A batch of one: its error is its caller's own.
+        if let Some((_, _, reply)) = ops.into_iter().next() {
+            let _ = reply.send(Err(e));
+        }
+        return;
+    }
+    let mut undecided = Vec::new();
+    for ((msg, now, reply), a) in ops.into_iter().zip(admissions) {
+        match a {
+            Some(a) => {
                 let _ = reply.send(Ok(a));
             }
-            return;
+            None => undecided.push((msg, now, reply)),
         }
     }
-    for (msg, now, reply) in ops {
+    // What the batch left undecided, op by op, so each caller gets its own error.
+    for (msg, now, reply) in undecided {
         let _ = reply.send(store.begin_attempt_direct(&msg, now).await);
     }
 }
@@ -170,28 +180,31 @@ async fn execute_records(store: &Store, ops: Vec<RecordOp>) {
     if ops.is_empty() {
         return;
     }
-    if ops.len() > 1 {
-        let now = ops
-            .iter()
-            .map(|(_, _, _, n, _)| *n)
-            .max()
-            .unwrap_or_default();
-        let batch: Vec<(Uuid, u32, AttemptOutcome)> = ops
-            .iter()
-            .map(|(id, a, o, _, _)| (*id, *a, o.clone()))
-            .collect();
-        if store.record_outcomes(&batch, now).await.is_ok() {
-            for (_, _, _, _, reply) in ops {
-                let _ = reply.send(Ok(()));
-            }
-            return;
+    let now = ops
+        .iter()
+        .map(|(_, _, _, n, _)| *n)
+        .max()
+        .unwrap_or_default();
+    let batch: Vec<(Uuid, u32, AttemptOutcome)> = ops
+        .iter()
+        .map(|(id, a, o, _, _)| (*id, *a, o.clone()))
+        .collect();
+    let (done, failed) = store.record_batch(&batch, now).await;
+    if let (Some(e), [_]) = (failed, ops.as_slice()) {
+        // A batch of one: its error is its caller's own.
+        if let Some((.., reply)) = ops.into_iter().next() {
+            let _ = reply.send(Err(e));
         }
+        return;
     }
-    for (id, attempt, outcome, now, reply) in ops {
-        let _ = reply.send(
+    for ((id, attempt, outcome, now, reply), done) in ops.into_iter().zip(done) {
+        let result = if done {
+            Ok(())
+        } else {
             store
                 .record_outcome_direct(id, attempt, &outcome, now)
-                .await,
-        );
+                .await
+        };
+        let _ = reply.send(result);
     }
 }

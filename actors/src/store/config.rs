@@ -11,6 +11,11 @@ pub struct StoreConfig {
     pub url: String,
     /// Most connections the pool opens at once.
     pub max_connections: u32,
+    /// PostgreSQL only: connections the pool keeps open even when idle (at most
+    /// `max_connections`), reopened in the background when one is closed. A burst after a
+    /// quiet spell then does not wait for connections to be opened (about 100 ms of added
+    /// latency for the first messages otherwise).
+    pub min_connections: u32,
     /// How long an operation may wait for a connection (including opening one against a
     /// database that is down) before it fails with an "unavailable" error, in milliseconds.
     /// On SQLite it is also the busy timeout: how long a writer waits for the file lock.
@@ -66,6 +71,7 @@ impl Default for StoreConfig {
         StoreConfig {
             url: "sqlite://drover.db?mode=rwc".to_owned(),
             max_connections: 8,
+            min_connections: 4,
             acquire_timeout_ms: 5000,
             schema: None,
             group_commit_max_batch: 64,

@@ -39,6 +39,14 @@ impl Pool {
         })
     }
 
+    /// The PostgreSQL pool, for statements only it understands.
+    pub(super) fn pg(&self) -> Option<&PgPool> {
+        match self {
+            Pool::Pg(p) => Some(p),
+            Pool::Sqlite(_) => None,
+        }
+    }
+
     /// One round trip.
     pub(super) async fn ping(&self) -> Result<(), sqlx::Error> {
         match self {
@@ -94,14 +102,6 @@ impl Tx {
         match self {
             Tx::Pg(_) => pg,
             Tx::Sqlite(_) => sqlite,
-        }
-    }
-
-    /// The PostgreSQL transaction, for statements only it understands.
-    pub(super) fn pg(&mut self) -> Option<&mut Transaction<'static, Postgres>> {
-        match self {
-            Tx::Pg(tx) => Some(tx),
-            Tx::Sqlite(_) => None,
         }
     }
 

@@ -116,6 +116,12 @@ impl Store {
                 "max_connections must be at least 1".to_owned(),
             ));
         }
+        if config.min_connections > config.max_connections {
+            return Err(StoreError::Config(format!(
+                "min_connections ({}) must not exceed max_connections ({})",
+                config.min_connections, config.max_connections
+            )));
+        }
         let timeout = Duration::from_millis(config.acquire_timeout_ms);
         let url = config.url.trim();
         let pool = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
@@ -190,7 +196,7 @@ impl Store {
         }
     }
 
-    async fn begin_attempt_direct(
+    pub(super) async fn begin_attempt_direct(
         &self,
         msg: &OutboundMessage,
         now_ms: i64,
@@ -201,53 +207,76 @@ impl Store {
         Ok(admission)
     }
 
-    /// [`Store::begin_attempt`] for each message, in one transaction; the admissions are in
-    /// the order of `msgs` and equal to those of single calls in that order (a repeated id
-    /// sees the effect of its earlier occurrence). Rows are locked in id order so that
-    /// concurrent batches cannot deadlock.
+    /// [`Store::begin_attempt`] for each message; the admissions are in the order of `msgs`
+    /// and equal to those of single calls in that order (a repeated id sees the effect of its
+    /// earlier occurrence). On PostgreSQL the messages seen for the first time are admitted
+    /// by one statement, committed on its own; the others (redeliveries, repeated ids) then in
+    /// one transaction. Rows are locked in id order so that concurrent batches cannot
+    /// deadlock. An `Err` may come after the first part committed.
     pub async fn begin_attempts(
         &self,
         msgs: &[OutboundMessage],
         now_ms: i64,
     ) -> Result<Vec<Admission>, StoreError> {
-        if msgs.is_empty() {
-            return Ok(Vec::new());
+        let (admissions, failed) = self.begin_batch(msgs, now_ms).await;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(admissions.into_iter().flatten().collect()),
         }
-        let mut tx = self.pool.begin(Mode::Write).await?;
-        let mut results = Vec::with_capacity(msgs.len());
+    }
+
+    /// [`Store::begin_attempts`], telling which admissions were decided (and committed) when
+    /// it failed part way: `None` for those that were not.
+    pub(super) async fn begin_batch(
+        &self,
+        msgs: &[OutboundMessage],
+        now_ms: i64,
+    ) -> (Vec<Option<Admission>>, Option<StoreError>) {
+        let mut results: Vec<Option<Admission>> = msgs.iter().map(|_| None).collect();
         let order = lock_order(msgs, |m| m.id);
-        // PostgreSQL: every message seen for the first time in one statement; the first
-        // occurrence of an id is the one a sequence of single calls would admit.
-        let firsts = first_occurrences(&order, |i| msgs[i].id);
-        let fresh = match tx.pg() {
-            Some(pg) => {
-                let new: Vec<&OutboundMessage> = firsts.iter().map(|&i| &msgs[i]).collect();
-                pg_batch::insert_new(pg, &new, now_ms).await?
+        if let Some(pool) = self.pool.pg() {
+            // The first occurrence of an id is the one single calls in order would admit.
+            let firsts = first_occurrences(&order, |i| msgs[i].id);
+            let new: Vec<&OutboundMessage> = firsts.iter().map(|&i| &msgs[i]).collect();
+            match pg_batch::insert_new(pool, &new, now_ms).await {
+                Ok(fresh) => {
+                    for &i in &firsts {
+                        if fresh.contains(msgs[i].id.to_string().as_str()) {
+                            results[i] = Some(Admission::Proceed {
+                                attempt: 1,
+                                interrupted: false,
+                            });
+                        }
+                    }
+                }
+                Err(e) => return (results, Some(e.into())),
             }
-            None => Default::default(),
+            if results.iter().all(Option::is_some) {
+                return (results, None);
+            }
+        }
+        let rest = async {
+            let mut tx = self.pool.begin(Mode::Write).await?;
+            let mut decided = Vec::new();
+            for &i in &order {
+                if results[i].is_none() {
+                    let a =
+                        ops::begin_one(&mut tx, &msgs[i], now_ms, self.sending_lease_ms).await?;
+                    decided.push((i, a));
+                }
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>(decided)
         };
-        let mut admitted = vec![false; msgs.len()];
-        for &i in &firsts {
-            admitted[i] = fresh.contains(msgs[i].id.to_string().as_str());
-        }
-        for i in order {
-            if admitted[i] {
-                results.push((
-                    i,
-                    Admission::Proceed {
-                        attempt: 1,
-                        interrupted: false,
-                    },
-                ));
-                continue;
+        match rest.await {
+            Ok(decided) => {
+                for (i, a) in decided {
+                    results[i] = Some(a);
+                }
+                (results, None)
             }
-            results.push((
-                i,
-                ops::begin_one(&mut tx, &msgs[i], now_ms, self.sending_lease_ms).await?,
-            ));
+            Err(e) => (results, Some(e)),
         }
-        tx.commit().await?;
-        Ok(in_input_order(results))
     }
 
     /// Record how attempt `attempt` of message `id` ended (see [`AttemptOutcome`] for each
@@ -274,7 +303,7 @@ impl Store {
         }
     }
 
-    async fn record_outcome_direct(
+    pub(super) async fn record_outcome_direct(
         &self,
         id: Uuid,
         attempt: u32,
@@ -287,54 +316,78 @@ impl Store {
         Ok(())
     }
 
-    /// [`Store::record_outcome`] for each `(id, attempt, outcome)`, in one transaction, with
-    /// the same effect as single calls in order.
+    /// [`Store::record_outcome`] for each `(id, attempt, outcome)`, with the same effect as
+    /// single calls in order. On PostgreSQL the first outcome of each message is recorded by
+    /// one statement, committed on its own; a repeated id's later outcomes then in one
+    /// transaction. An `Err` may come after the first part committed.
     pub async fn record_outcomes(
         &self,
         outcomes: &[(Uuid, u32, AttemptOutcome)],
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        if outcomes.is_empty() {
-            return Ok(());
+        match self.record_batch(outcomes, now_ms).await.1 {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        let mut tx = self.pool.begin(Mode::Write).await?;
+    }
+
+    /// [`Store::record_outcomes`], telling which were recorded (and committed) when it failed
+    /// part way.
+    pub(super) async fn record_batch(
+        &self,
+        outcomes: &[(Uuid, u32, AttemptOutcome)],
+        now_ms: i64,
+    ) -> (Vec<bool>, Option<StoreError>) {
+        let mut done = vec![false; outcomes.len()];
         let order = lock_order(outcomes, |o| o.0);
-        let Some(pg) = tx.pg() else {
-            for i in order {
+        if let Some(pool) = self.pool.pg() {
+            let firsts = first_occurrences(&order, |i| outcomes[i].0);
+            let ids: Vec<String> = firsts.iter().map(|&i| outcomes[i].0.to_string()).collect();
+            let batch: Vec<(&str, u32, &AttemptOutcome)> = firsts
+                .iter()
+                .zip(&ids)
+                .map(|(&i, id)| (id.as_str(), outcomes[i].1, &outcomes[i].2))
+                .collect();
+            match pg_batch::record(pool, &batch, now_ms).await {
+                Ok(changed) => {
+                    for (&i, id) in firsts.iter().zip(&ids) {
+                        if !changed.contains(id) {
+                            let (id, attempt, outcome) = &outcomes[i];
+                            ops::stale_outcome(*id, *attempt, outcome);
+                        }
+                        done[i] = true;
+                    }
+                }
+                Err(e) => return (done, Some(e.into())),
+            }
+            if done.iter().all(|d| *d) {
+                return (done, None);
+            }
+        }
+        // The rest in input order: a repeated id's later outcomes after its first.
+        let rest = async {
+            let mut tx = self.pool.begin(Mode::Write).await?;
+            let keys: Vec<usize> = if self.pool.pg().is_some() {
+                (0..outcomes.len()).filter(|&i| !done[i]).collect()
+            } else {
+                order.clone()
+            };
+            for &i in &keys {
                 let (id, attempt, outcome) = &outcomes[i];
                 ops::record_one(&mut tx, *id, *attempt, outcome, now_ms).await?;
             }
             tx.commit().await?;
-            return Ok(());
+            Ok::<_, StoreError>(keys)
         };
-        // PostgreSQL: the first outcome of each message in one statement, in lock order; a
-        // repeated id's later outcomes then one by one, in input order, as single calls would
-        // see them (after the first).
-        let firsts = first_occurrences(&order, |i| outcomes[i].0);
-        let ids: Vec<String> = firsts.iter().map(|&i| outcomes[i].0.to_string()).collect();
-        let batch: Vec<(&str, u32, &AttemptOutcome)> = firsts
-            .iter()
-            .zip(&ids)
-            .map(|(&i, id)| (id.as_str(), outcomes[i].1, &outcomes[i].2))
-            .collect();
-        let changed = pg_batch::record(pg, &batch, now_ms).await?;
-        for (&i, id) in firsts.iter().zip(&ids) {
-            if !changed.contains(id) {
-                let (id, attempt, outcome) = &outcomes[i];
-                ops::stale_outcome(*id, *attempt, outcome);
+        match rest.await {
+            Ok(keys) => {
+                for i in keys {
+                    done[i] = true;
+                }
+                (done, None)
             }
+            Err(e) => (done, Some(e)),
         }
-        let mut done = vec![false; outcomes.len()];
-        for &i in &firsts {
-            done[i] = true;
-        }
-        for (i, (id, attempt, outcome)) in outcomes.iter().enumerate() {
-            if !done[i] {
-                ops::record_one(&mut tx, *id, *attempt, outcome, now_ms).await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(())
     }
 
     /// Record a payload that is not a valid message: a row with status `invalid`, the raw
@@ -503,6 +556,7 @@ async fn connect_postgres(
     }
     let pool = PgPoolOptions::new()
         .max_connections(config.max_connections)
+        .min_connections(config.min_connections)
         .acquire_timeout(timeout)
         .connect_with(options)
         .await?;
@@ -598,10 +652,4 @@ fn first_occurrences(order: &[usize], key: impl Fn(usize) -> Uuid) -> Vec<usize>
         .copied()
         .filter(|&i| seen.insert(key(i)))
         .collect()
-}
-
-/// Results keyed by input index, back in input order.
-fn in_input_order<T>(mut results: Vec<(usize, T)>) -> Vec<T> {
-    results.sort_by_key(|(i, _)| *i);
-    results.into_iter().map(|(_, r)| r).collect()
 }

@@ -1,21 +1,21 @@
 //! Set-based statements for a group-commit batch on PostgreSQL: one statement admits every
 //! new message of the batch (its row and its first attempt row), one records every outcome
-//! (the message and its attempt row), each with arrays bound as parameters (`unnest`).
+//! (the message and its attempt row), each with arrays bound as parameters (`unnest`). Each
+//! is atomic on its own, so it runs outside an explicit transaction: one round trip and one
+//! commit, for a batch of one as for 256.
 //!
 //! They do exactly what [`super::ops::begin_one`] and [`super::ops::record_one`] do for the
 //! common case (a message seen for the first time; an outcome for the current attempt);
 //! the caller runs the per-message statements for everything else (a redelivery, a repeated
-//! id in the batch, a stale outcome), in the same transaction. Statement by statement, a batch
+//! id in the batch), in a transaction after it. Statement by statement, a batch
 //! of 256 admissions and outcomes cost 1,024 round trips and as many executor runs; here 2.
 
 use std::collections::HashSet;
 
-use sqlx::{Postgres, Transaction};
+use sqlx::PgPool;
 
 use super::types::AttemptOutcome;
 use crate::message::OutboundMessage;
-
-type PgTx = Transaction<'static, Postgres>;
 
 /// Insert each message (`sending`, attempt 1) and its first attempt row unless its id exists;
 /// returns the ids inserted. The ids must be distinct; the rows are inserted (and so locked)
@@ -38,7 +38,7 @@ WITH input AS (
 SELECT id FROM fresh";
 
 pub(super) async fn insert_new(
-    tx: &mut PgTx,
+    pool: &PgPool,
     msgs: &[&OutboundMessage],
     now_ms: i64,
 ) -> Result<HashSet<String>, sqlx::Error> {
@@ -59,7 +59,7 @@ pub(super) async fn insert_new(
         .bind(&from)
         .bind(&segments)
         .bind(now_ms)
-        .fetch_all(&mut **tx)
+        .fetch_all(pool)
         .await?;
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
@@ -190,7 +190,7 @@ fn columns(outcome: &AttemptOutcome) -> Columns<'_> {
 }
 
 pub(super) async fn record(
-    tx: &mut PgTx,
+    pool: &PgPool,
     outcomes: &[(&str, u32, &AttemptOutcome)],
     now_ms: i64,
 ) -> Result<HashSet<String>, sqlx::Error> {
@@ -222,7 +222,7 @@ pub(super) async fn record(
                 .collect::<Vec<_>>(),
         )
         .bind(now_ms)
-        .fetch_all(&mut **tx)
+        .fetch_all(pool)
         .await?;
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
