@@ -80,7 +80,18 @@
 //! defaults as drover's; `0` = no group commit), `DROVER_BENCH_BATCH`,
 //! `DROVER_BENCH_QUIET_WAIT_S`, `DROVER_BENCH_KEEP`, `DROVER_BENCH_RATE` (publish at this
 //! many messages a second instead of as fast as possible: with a rate below what both sides
-//! sustain, the latencies show service time instead of time spent in the backlog).
+//! sustain, the latencies show service time instead of time spent in the backlog),
+//! `DROVER_BENCH_PACED_RATE` (1000; `0` = off) and `DROVER_BENCH_PACED_MESSAGES` (5000): unless
+//! the whole run is paced, each round ends with drover and plain again at that rate, for the
+//! paced latency target.
+//!
+//! # Targets
+//!
+//! Verdict rows (a FAIL exits 1): throughput drover/plain >= 2.0 (median of the rounds), CPU
+//! per message <= 0.5x plain's, paced publish -> sent p99 <= 1.5x plain's and under 50 ms,
+//! drover's peak RSS over its start <= +49 MiB. The last line states them for a script:
+//! `pipeline: drover/plain throughput ratio X.XX (median of N rounds); cpu/msg ratio Y.YY;
+//! paced p99 ratio Z.ZZ`.
 
 #[path = "common/table.rs"]
 mod table;
@@ -138,10 +149,15 @@ const PROVIDER_POLL: Duration = Duration::from_millis(2);
 /// How often the harness counts `sent` rows once the provider has seen every message.
 const DB_POLL: Duration = Duration::from_millis(5);
 
-/// drover must at least match the plain consumer ...
-const TARGET_RATIO: f64 = 1.0;
-/// ... and aims for twice its throughput.
-const AIM_RATIO: f64 = 2.0;
+/// Issue 12's targets: drover at least twice the plain consumer's throughput ...
+const TARGET_RATIO: f64 = 2.0;
+/// ... at most half its CPU per message (runtime + PostgreSQL backends) ...
+const TARGET_CPU_RATIO: f64 = 0.5;
+/// ... paced, a publish -> sent p99 at most 1.5x plain's and under 50 ms ...
+const TARGET_PACED_P99_RATIO: f64 = 1.5;
+const TARGET_PACED_P99_MS: f64 = 50.0;
+/// ... and a peak RSS over its start no higher than before the work (MiB, first round).
+const TARGET_RSS_MIB: f64 = 49.0;
 
 const ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
 const AUTH_TOKEN: &str = "bench-token";
@@ -186,7 +202,7 @@ use publisher::*;
 use settings::*;
 use stats::*;
 
-async fn run(s: Settings, sut_rt: Handle) -> BenchResult<Vec<Row>> {
+async fn run(s: Settings, sut_rt: Handle) -> BenchResult<(Vec<Row>, Option<String>)> {
     let tag = Uuid::new_v4().simple().to_string()[..8].to_string();
     let admin = PgPoolOptions::new()
         .max_connections(2)
@@ -208,6 +224,22 @@ async fn run(s: Settings, sut_rt: Handle) -> BenchResult<Vec<Row>> {
         for kind in &s.phases {
             reports.push(run_phase(*kind, &s, &tag, &sut_rt, &admin).await?);
         }
+        if let Some((rate, messages)) = s.paced {
+            let paced = Settings {
+                rate: Some(rate),
+                messages,
+                ..s.clone()
+            };
+            for kind in [Kind::Drover, Kind::Plain] {
+                if s.phases.contains(&kind) {
+                    println!();
+                    println!("-- paced pass: {messages} messages at {rate} msgs/s --");
+                    let mut report = run_phase(kind, &paced, &tag, &sut_rt, &admin).await?;
+                    report.paced = true;
+                    reports.push(report);
+                }
+            }
+        }
     }
     admin.close().await;
     Ok(summary(&s, &reports))
@@ -222,14 +254,22 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn summary(s: &Settings, reports: &[PhaseReport]) -> Vec<Row> {
+/// The summary table and, when drover and plain both ran at full speed, the line that states
+/// the targets' figures.
+fn summary(s: &Settings, reports: &[PhaseReport]) -> (Vec<Row>, Option<String>) {
+    let mut final_line = None;
     let mut kinds: Vec<Kind> = Vec::new();
     for k in &s.phases {
         if !kinds.contains(k) {
             kinds.push(*k);
         }
     }
-    let of = |k: Kind| reports.iter().filter(move |r| r.kind == k);
+    let of = |k: Kind| reports.iter().filter(move |r| r.kind == k && !r.paced);
+    let paced_of = |k: Kind| reports.iter().filter(move |r| r.kind == k && r.paced);
+    let cpu_per_msg = |r: &PhaseReport| {
+        let sut = r.cpu.threads.get("sut").copied().unwrap_or(0.0);
+        (sut + r.cpu.postgres_mine) * 1e6 / r.n as f64
+    };
     let throughput = |k: Kind| median(of(k).map(|r| r.throughput).collect());
     let rounds_note = |values: Vec<f64>, unit: &str| {
         if values.len() > 1 {
@@ -276,17 +316,7 @@ fn summary(s: &Settings, reports: &[PhaseReport]) -> Vec<Row> {
         }
         rows.push(row(
             format!("{name} CPU per message (runtime + its PG backends)"),
-            format!(
-                "{:.0} µs",
-                median(
-                    of(*k)
-                        .map(|r| {
-                            let sut = r.cpu.threads.get("sut").copied().unwrap_or(0.0);
-                            (sut + r.cpu.postgres_mine) * 1e6 / r.n as f64
-                        })
-                        .collect()
-                )
-            ),
+            format!("{:.0} µs", median(of(*k).map(cpu_per_msg).collect())),
             "",
             "",
         ));
@@ -329,16 +359,58 @@ fn summary(s: &Settings, reports: &[PhaseReport]) -> Vec<Row> {
             &format!(">= {TARGET_RATIO:.1}"),
             verdict(ratio >= TARGET_RATIO),
         ));
+        let cpu = |k: Kind| median(of(k).map(cpu_per_msg).collect());
+        let cpu_ratio = cpu(Kind::Drover) / cpu(Kind::Plain);
         rows.push(row(
-            "throughput ratio drover/plain (aim)",
-            format!("{ratio:.2}"),
-            &format!(">= {AIM_RATIO:.1}"),
-            if ratio >= AIM_RATIO {
-                "reached"
-            } else {
-                "not reached"
-            },
+            "cpu/msg ratio drover/plain (runtime + PG backends)",
+            format!(
+                "{cpu_ratio:.2} ({:.0} / {:.0} µs)",
+                cpu(Kind::Drover),
+                cpu(Kind::Plain)
+            ),
+            &format!("<= {TARGET_CPU_RATIO:.1}"),
+            verdict(cpu_ratio <= TARGET_CPU_RATIO),
         ));
+        let mut line = format!(
+            "pipeline: drover/plain throughput ratio {ratio:.2} (median of {} rounds); cpu/msg ratio {cpu_ratio:.2}",
+            per_round.len()
+        );
+        let p99 = |k: Kind| median(paced_of(k).map(|r| r.sent_latency.p99).collect());
+        if paced_of(Kind::Drover).next().is_some() && paced_of(Kind::Plain).next().is_some() {
+            let (d, p) = (p99(Kind::Drover), p99(Kind::Plain));
+            let per_round: Vec<String> = paced_of(Kind::Drover)
+                .zip(paced_of(Kind::Plain))
+                .map(|(d, p)| format!("{:.0}/{:.0}", d.sent_latency.p99, p.sent_latency.p99))
+                .collect();
+            let rate = s.paced.map_or(0.0, |(r, _)| r);
+            rows.push(row(
+                format!("paced {rate:.0} msgs/s publish->sent p99 drover / plain"),
+                format!(
+                    "{d:.1} / {p:.1} ms (per round: {} ms)",
+                    per_round.join(", ")
+                ),
+                &format!("drover < {TARGET_PACED_P99_MS:.0} ms"),
+                verdict(d < TARGET_PACED_P99_MS),
+            ));
+            let paced_ratio = d / p.max(1.0);
+            rows.push(row(
+                "paced p99 ratio drover/plain",
+                format!("{paced_ratio:.2}"),
+                &format!("<= {TARGET_PACED_P99_RATIO:.1}"),
+                verdict(paced_ratio <= TARGET_PACED_P99_RATIO),
+            ));
+            line.push_str(&format!("; paced p99 ratio {paced_ratio:.2}"));
+        }
+        if let Some(first) = of(Kind::Drover).next() {
+            let over = mib(first.rss_peak_kb.saturating_sub(first.rss_start_kb));
+            rows.push(row(
+                "drover peak RSS over its start (round 1)",
+                format!("+{over:.1} MiB"),
+                &format!("<= +{TARGET_RSS_MIB:.0} MiB"),
+                verdict(over <= TARGET_RSS_MIB),
+            ));
+        }
+        final_line = Some(line);
     }
     for (other, label) in [
         (Kind::Tasks, "drover/tasks (cost of the actors)"),
@@ -363,7 +435,7 @@ fn summary(s: &Settings, reports: &[PhaseReport]) -> Vec<Row> {
             ));
         }
     }
-    rows
+    (rows, final_line)
 }
 
 fn main() {
@@ -452,8 +524,11 @@ fn main() {
         .map_err(|e| format!("benchmark driver panicked: {e}"))
         .and_then(|r| r);
     let failed = match outcome {
-        Ok(rows) => {
+        Ok((rows, line)) => {
             print_table(&rows);
+            if let Some(line) = line {
+                println!("{line}");
+            }
             if any_failed(&rows) {
                 println!("pipeline bench: FAIL (a target was missed; see the summary)");
             }

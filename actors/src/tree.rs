@@ -26,7 +26,11 @@ use crate::supervisor::policy::{Restart, Strategy};
 
 /// How many exits each node remembers, newest last.
 pub const DEFAULT_MAX_EXITS: usize = 10;
-const EVENT_CAPACITY: usize = 65_536;
+/// The event ring is allocated whole when the tree is made (about 130 bytes a slot) and keeps
+/// the last this many events alive: room for a test or a console that reads in bursts.
+const EVENT_CAPACITY: usize = 16_384;
+/// Give-ups are rare: a listener for them alone needs few slots.
+const GAVE_UP_CAPACITY: usize = 64;
 
 /// What a node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -255,6 +259,9 @@ struct TreeInner {
     /// Keyed by path, shared with the supervisor's own record of the child (no copy per start).
     nodes: RwLock<BTreeMap<Arc<str>, NodeRecord>>,
     events: broadcast::Sender<TreeEvent>,
+    /// Only the `GaveUp` events, for a listener (the alert worker) that wants nothing else:
+    /// while it is the only one, no event is built for each worker's start and stop.
+    gave_up: broadcast::Sender<TreeEvent>,
     origin: Instant,
     wall_origin: SystemTime,
     max_exits: usize,
@@ -292,10 +299,12 @@ impl Tree {
     /// A tree whose nodes remember the last `max_exits` exits each.
     pub fn with_max_exits(max_exits: usize) -> Self {
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let (gave_up, _) = broadcast::channel(GAVE_UP_CAPACITY);
         Tree {
             inner: Arc::new(TreeInner {
                 nodes: RwLock::new(BTreeMap::new()),
                 events,
+                gave_up,
                 origin: Instant::now(),
                 wall_origin: SystemTime::now(),
                 max_exits: max_exits.max(1),
@@ -305,10 +314,16 @@ impl Tree {
         }
     }
 
-    /// The stream of supervision events from now on. A receiver that falls more than 65,536
+    /// The stream of supervision events from now on. A receiver that falls more than 16,384
     /// events behind loses the oldest ones (`RecvError::Lagged`).
     pub fn subscribe(&self) -> broadcast::Receiver<TreeEvent> {
         self.inner.events.subscribe()
+    }
+
+    /// The `GaveUp` events from now on, and nothing else (64 may be pending before the
+    /// oldest is lost).
+    pub fn subscribe_gave_up(&self) -> broadcast::Receiver<TreeEvent> {
+        self.inner.gave_up.subscribe()
     }
 
     /// Milliseconds since the tree was created (tokio clock).
@@ -333,15 +348,23 @@ impl Tree {
     }
 
     pub(crate) fn emit(&self, path: &str, generation: u64, kind: EventKind) {
-        if !self.has_subscribers() {
+        let gave_up =
+            matches!(kind, EventKind::GaveUp { .. }) && self.inner.gave_up.receiver_count() > 0;
+        if !gave_up && !self.has_subscribers() {
             return;
         }
-        let _ = self.inner.events.send(TreeEvent {
+        let event = TreeEvent {
             at_ms: self.now_ms(),
             path: path.to_string(),
             generation,
             kind,
-        });
+        };
+        if gave_up {
+            let _ = self.inner.gave_up.send(event.clone());
+        }
+        if self.has_subscribers() {
+            let _ = self.inner.events.send(event);
+        }
     }
 
     /// A line the actor `me` at `path` says about itself (the broker connection: the node it

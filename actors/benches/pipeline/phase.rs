@@ -378,6 +378,7 @@ pub(crate) async fn run_phase(
         let updated_span_ms = (max_updated - first_publish_ms).max(1) as f64;
         Ok::<_, String>(PhaseReport {
             kind,
+            paced: false,
             n,
             elapsed,
             throughput: n as f64 / elapsed.as_secs_f64().max(1e-9),

@@ -58,6 +58,9 @@ pub(crate) struct Settings {
     pub(crate) rounds: usize,
     /// Publish at this many messages a second instead of as fast as possible.
     pub(crate) rate: Option<f64>,
+    /// After each round's phases, drover and plain again at this rate with this many
+    /// messages, for the paced latency target (`None` when the whole run is paced).
+    pub(crate) paced: Option<(f64, usize)>,
     pub(crate) batch: usize,
     pub(crate) log_json: bool,
     pub(crate) keep: bool,
@@ -96,6 +99,10 @@ impl Settings {
         if rounds == 0 || rounds > 20 {
             return Err("DROVER_BENCH_ROUNDS must be between 1 and 20".into());
         }
+        let rate = match env_or("DROVER_BENCH_RATE", 0.0f64)? {
+            r if r > 0.0 => Some(r),
+            _ => None,
+        };
         let prefetch: u16 = env_or("DROVER_BENCH_PREFETCH", BrokerConfig::default().prefetch)?;
         let log = env_or("DROVER_BENCH_LOG", "off".to_string())?;
         if !matches!(log.as_str(), "off" | "json") {
@@ -127,8 +134,17 @@ impl Settings {
             )?,
             phases,
             rounds,
-            rate: match env_or("DROVER_BENCH_RATE", 0.0f64)? {
-                r if r > 0.0 => Some(r),
+            rate,
+            paced: match env_or("DROVER_BENCH_PACED_RATE", 1000.0f64)? {
+                r if r > 0.0 && rate.is_none() => {
+                    let n: usize = env_or("DROVER_BENCH_PACED_MESSAGES", 5000)?;
+                    if n == 0 || n > u32::MAX as usize {
+                        return Err(
+                            "DROVER_BENCH_PACED_MESSAGES must be between 1 and 2^32 - 1".into()
+                        );
+                    }
+                    Some((r, n))
+                }
                 _ => None,
             },
             batch: env_or("DROVER_BENCH_BATCH", (usize::from(prefetch) / 2).max(1))?.max(1),

@@ -40,6 +40,8 @@ pub(crate) fn latency(mut v: Vec<f64>) -> Latency {
 
 pub(crate) struct PhaseReport {
     pub(crate) kind: Kind,
+    /// Run by the paced pass (not the full-speed phases).
+    pub(crate) paced: bool,
     pub(crate) n: usize,
     pub(crate) elapsed: Duration,
     pub(crate) throughput: f64,

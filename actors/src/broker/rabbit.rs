@@ -188,17 +188,18 @@ impl RabbitBroker {
         let properties =
             ConnectionProperties::default().with_connection_name(connection_name.into());
         let connect_error = |e: lapin::Error| tls::classify(&node, &e);
+        let asked = config.with_frame_max(url);
         let connection = if url.starts_with("amqps://") {
             let runtime = lapin::runtime::default_runtime().map_err(connect_error)?;
             Connection::connect_with_config(
-                url,
+                &asked,
                 properties,
                 tls::load(&config.tls, &node)?,
                 runtime,
             )
             .await
         } else {
-            Connection::connect(url, properties).await
+            Connection::connect(&asked, properties).await
         }
         .map_err(connect_error)?;
         let broker = RabbitBroker {

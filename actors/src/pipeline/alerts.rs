@@ -300,7 +300,7 @@ impl Actor for AlertWorker {
         myself: ActorRef<Self::Msg>,
         p: Pipeline,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let mut rx = p.tree.subscribe();
+        let mut rx = p.tree.subscribe_gave_up();
         let root = p.root.clone();
         let events = tokio::spawn(async move {
             use tokio::sync::broadcast::error::RecvError;

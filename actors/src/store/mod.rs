@@ -190,9 +190,11 @@ impl Store {
         msg: &OutboundMessage,
         now_ms: i64,
     ) -> Result<Admission, StoreError> {
+        // Boxed: sqlx's futures are large (about 15 KB here), and every worker awaiting this
+        // would carry that much in its own state even when the batcher is used.
         match &self.batcher {
             Some(b) => b.begin(msg, now_ms).await,
-            None => self.begin_attempt_direct(msg, now_ms).await,
+            None => Box::pin(self.begin_attempt_direct(msg, now_ms)).await,
         }
     }
 
@@ -296,10 +298,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         match &self.batcher {
             Some(b) => b.record(id, attempt, outcome, now_ms).await,
-            None => {
-                self.record_outcome_direct(id, attempt, outcome, now_ms)
-                    .await
-            }
+            // Boxed for the reason given in `begin_attempt`.
+            None => Box::pin(self.record_outcome_direct(id, attempt, outcome, now_ms)).await,
         }
     }
 
