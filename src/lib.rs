@@ -230,7 +230,7 @@ pub async fn start(config: Config) -> Result<App, RunError> {
     let pipeline = Pipeline {
         tree: tree.clone(),
         root: ROOT.into(),
-        config: config.pipeline(),
+        config: config.pipeline().into(),
         clock: Clock::new(),
         memory,
         ops: Ops::new(metrics.pipeline_metrics()),

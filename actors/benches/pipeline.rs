@@ -83,7 +83,8 @@
 //! sustain, the latencies show service time instead of time spent in the backlog),
 //! `DROVER_BENCH_PACED_RATE` (1000; `0` = off) and `DROVER_BENCH_PACED_MESSAGES` (5000): unless
 //! the whole run is paced, each round ends with drover and plain again at that rate, for the
-//! paced latency target.
+//! paced latency target. `DROVER_BENCH_EMBEDDED` (1; `0` = off): each round also runs the
+//! embedded default against a plain loop on the same parts (see `pipeline/embedded.rs`).
 //!
 //! # Targets
 //!
@@ -176,6 +177,8 @@ fn err(what: &str) -> impl Fn(&dyn std::fmt::Display) -> String + '_ {
 
 #[path = "pipeline/drover.rs"]
 mod drover;
+#[path = "pipeline/embedded.rs"]
+mod embedded;
 #[path = "pipeline/marks.rs"]
 mod marks;
 #[path = "pipeline/phase.rs"]
@@ -193,6 +196,7 @@ mod settings;
 #[path = "pipeline/stats.rs"]
 mod stats;
 use drover::*;
+use embedded::*;
 use marks::*;
 use phase::*;
 use plain::*;
@@ -216,6 +220,7 @@ async fn run(s: Settings, sut_rt: Handle) -> BenchResult<(Vec<Row>, Option<Strin
             )
         })?;
     let mut reports: Vec<PhaseReport> = Vec::new();
+    let mut embedded: Vec<EmbeddedReport> = Vec::new();
     for round in 1..=s.rounds {
         if s.rounds > 1 {
             println!();
@@ -240,9 +245,16 @@ async fn run(s: Settings, sut_rt: Handle) -> BenchResult<(Vec<Row>, Option<Strin
                 }
             }
         }
+        if s.embedded {
+            for kind in [EmbeddedKind::Drover, EmbeddedKind::Plain] {
+                embedded.push(run_embedded(kind, &s, &tag, &sut_rt).await?);
+            }
+        }
     }
     admin.close().await;
-    Ok(summary(&s, &reports))
+    let (mut rows, line) = summary(&s, &reports);
+    rows.extend(embedded_rows(&embedded));
+    Ok((rows, line))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -436,6 +448,55 @@ fn summary(s: &Settings, reports: &[PhaseReport]) -> (Vec<Row>, Option<String>) 
         }
     }
     (rows, final_line)
+}
+
+/// The embedded default against the plain loop on the same parts (measured, no target).
+fn embedded_rows(reports: &[EmbeddedReport]) -> Vec<Row> {
+    let of = |k: EmbeddedKind| reports.iter().filter(move |r| r.kind == k);
+    let mut rows = Vec::new();
+    for k in [EmbeddedKind::Drover, EmbeddedKind::Plain] {
+        if of(k).next().is_none() {
+            continue;
+        }
+        let tps: Vec<String> = of(k).map(|r| format!("{:.0}", r.throughput)).collect();
+        rows.push(row(
+            format!("{} throughput / CPU per message", k.name()),
+            format!(
+                "{:.0} msgs/s (rounds: {}) / {:.0} µs",
+                median(of(k).map(|r| r.throughput).collect()),
+                tps.join(", "),
+                median(of(k).map(EmbeddedReport::cpu_per_msg_us).collect())
+            ),
+            "",
+            "",
+        ));
+        if let Some(first) = of(k).next() {
+            rows.push(row(
+                format!("{} peak RSS over its start (round 1)", k.name()),
+                format!(
+                    "+{:.1} MiB",
+                    mib(first.rss_peak_kb.saturating_sub(first.rss_start_kb))
+                ),
+                "",
+                "",
+            ));
+        }
+    }
+    if of(EmbeddedKind::Drover).next().is_some() && of(EmbeddedKind::Plain).next().is_some() {
+        let tp = |k| median(of(k).map(|r: &EmbeddedReport| r.throughput).collect());
+        let cpu = |k| median(of(k).map(EmbeddedReport::cpu_per_msg_us).collect());
+        rows.push(row(
+            "embedded drover/plain throughput ratio; cpu/msg ratio",
+            format!(
+                "{:.2}; {:.2}",
+                tp(EmbeddedKind::Drover) / tp(EmbeddedKind::Plain),
+                cpu(EmbeddedKind::Drover) / cpu(EmbeddedKind::Plain)
+            ),
+            "",
+            "",
+        ));
+    }
+    rows
 }
 
 fn main() {

@@ -12,13 +12,13 @@ pub(crate) fn drover_pipeline(
     Pipeline {
         tree,
         root: "root".into(),
-        config: PipelineConfig {
+        config: std::sync::Arc::new(PipelineConfig {
             supervision: SupervisionConfig::default(),
             broker: names.broker_config(s),
             store: names.store_config(s),
             provider: provider_config(provider),
             ..PipelineConfig::default()
-        },
+        }),
         clock,
         memory: MemoryBroker::default(),
         ops: Default::default(),
@@ -49,6 +49,20 @@ pub(crate) async fn start_drover(
     )
     .await
     .map_err(|e| err("root supervisor")(&e))
+}
+
+/// Stop drover's root supervisor and wait for its task.
+pub(crate) async fn stop_root(
+    root: ActorRef<SupervisorMessage>,
+    done: JoinHandle<()>,
+) -> BenchResult<()> {
+    root.stop_and_wait(Some("bench over".into()), Some(STEP_LIMIT))
+        .await
+        .map_err(|e| err("stopping the root supervisor")(&e))?;
+    tokio::time::timeout(STEP_LIMIT, done)
+        .await
+        .map_err(|_| "root supervisor did not exit".to_string())?
+        .map_err(|e| err("root supervisor task")(&e))
 }
 
 /// What runs the pipeline in a phase.
@@ -84,15 +98,7 @@ impl Sut {
 
     pub(crate) async fn stop(self) -> BenchResult<()> {
         match self {
-            Sut::Drover { root, done, .. } => {
-                root.stop_and_wait(Some("bench over".into()), Some(STEP_LIMIT))
-                    .await
-                    .map_err(|e| err("stopping the root supervisor")(&e))?;
-                tokio::time::timeout(STEP_LIMIT, done)
-                    .await
-                    .map_err(|_| "root supervisor did not exit".to_string())?
-                    .map_err(|e| err("root supervisor task")(&e))
-            }
+            Sut::Drover { root, done, .. } => stop_root(root, done).await,
             Sut::Consumer {
                 stop,
                 task,

@@ -61,6 +61,8 @@ pub(crate) struct Settings {
     /// After each round's phases, drover and plain again at this rate with this many
     /// messages, for the paced latency target (`None` when the whole run is paced).
     pub(crate) paced: Option<(f64, usize)>,
+    /// Run the embedded phases each round.
+    pub(crate) embedded: bool,
     pub(crate) batch: usize,
     pub(crate) log_json: bool,
     pub(crate) keep: bool,
@@ -147,6 +149,7 @@ impl Settings {
                 }
                 _ => None,
             },
+            embedded: env_or("DROVER_BENCH_EMBEDDED", 1u8)? != 0,
             batch: env_or("DROVER_BENCH_BATCH", (usize::from(prefetch) / 2).max(1))?.max(1),
             log_json: log == "json",
             keep: env_or("DROVER_BENCH_KEEP", 0u8)? != 0,

@@ -41,6 +41,7 @@ pub mod set_aside;
 pub mod store_worker;
 
 use ractor::ActorRef;
+use std::sync::Arc;
 
 pub use children::pipeline_children;
 pub use config::{DeliveryConfig, PipelineConfig, SchedulerConfig};
@@ -70,7 +71,9 @@ pub enum PipelineError {
 pub struct Pipeline {
     pub tree: Tree,
     pub root: String,
-    pub config: PipelineConfig,
+    /// Shared: every worker holds the pipeline, and a deep copy per message cost more than
+    /// its store call.
+    pub config: Arc<PipelineConfig>,
     pub clock: Clock,
     pub memory: MemoryBroker,
     /// Cached operational state (circuit, last store ping, queue depths, pause switch,

@@ -217,6 +217,8 @@ struct Cells {
     consumption_paused: AtomicBool,
     redrive: Mutex<RedriveStatus>,
     consumed: AtomicU64,
+    /// The store worker's handle, with the incarnation that published it.
+    store: RwLock<Option<(ractor::ActorId, crate::store::Store)>>,
 }
 
 /// The pipeline's cached operational state and metrics. Cheap to clone; clones share it.
@@ -243,6 +245,28 @@ impl Ops {
     /// first start).
     pub fn circuit(&self) -> Option<CircuitState> {
         self.cells.circuit.read().clone()
+    }
+
+    /// The store handle published by the store worker incarnation `current` (the one the tree
+    /// has now), if it published one: a handle left by an earlier incarnation never matches.
+    pub fn store(&self, current: ractor::ActorId) -> Option<crate::store::Store> {
+        match &*self.cells.store.read() {
+            Some((id, store)) if *id == current => Some(store.clone()),
+            _ => None,
+        }
+    }
+
+    /// Written by the store worker once connected, so workers need not ask it per message.
+    pub fn set_store(&self, me: ractor::ActorId, store: crate::store::Store) {
+        *self.cells.store.write() = Some((me, store));
+    }
+
+    /// Withdrawn by the store worker `me` as it stops, so its pool is not kept open.
+    pub fn clear_store(&self, me: ractor::ActorId) {
+        let mut cell = self.cells.store.write();
+        if cell.as_ref().is_some_and(|(id, _)| *id == me) {
+            *cell = None;
+        }
     }
 
     /// Written by the provider worker at start and at every change.

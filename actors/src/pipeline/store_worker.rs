@@ -58,6 +58,7 @@ impl Actor for StoreWorker {
             n => store.with_group_commit(n, p.config.store.group_commit_in_flight),
         };
         tracing::info!(backend = store.backend(), "database connected and migrated");
+        p.ops.set_store(myself.get_id(), store.clone());
         myself.send_interval(PING_EVERY, || StoreMessage::Ping);
         p.ops.record_store_ping(PingRecord {
             at_ms: p.clock.now_ms(),
@@ -67,9 +68,18 @@ impl Actor for StoreWorker {
         Ok(StoreState { store, p })
     }
 
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.p.ops.clear_store(myself.get_id());
+        Ok(())
+    }
+
     async fn handle(
         &self,
-        _: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
@@ -86,6 +96,8 @@ impl Actor for StoreWorker {
                     error: result.as_ref().err().map(ToString::to_string),
                 });
                 if let Err(e) = result {
+                    // Failing skips post_stop: withdraw the handle here.
+                    state.p.ops.clear_store(myself.get_id());
                     return Err(format!("database unreachable: {e}").into());
                 }
             }
@@ -94,9 +106,12 @@ impl Actor for StoreWorker {
     }
 }
 
-/// The current store handle, through the store actor.
+/// The current store handle: the one the running store worker published, else asked of it.
 pub async fn store_of(p: &Pipeline) -> Result<Store, crate::pipeline::PipelineError> {
     let actor = p.store()?;
+    if let Some(store) = p.ops.store(actor.get_id()) {
+        return Ok(store);
+    }
     ractor::call_t!(actor, StoreMessage::Get, 5_000)
         .map_err(|e| crate::pipeline::PipelineError::NoAnswer("the store", e.to_string()))
 }
