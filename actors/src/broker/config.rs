@@ -43,12 +43,6 @@ pub struct BrokerConfig {
     /// Maximum number of unacknowledged deliveries per consumer (AMQP `basic.qos`); `0` means
     /// unlimited.
     pub prefetch: u16,
-    /// Largest AMQP frame asked for at connect (bytes, at least 4096; the server may lower it;
-    /// `0`: what the server offers, 128 KiB on RabbitMQ). lapin keeps two buffers of 32
-    /// frames per connection and writes them whole, so RabbitMQ's 128 KiB costs 8 MiB of
-    /// resident memory a connection; 32 KiB costs 2 MiB and still carries a 64 KiB payload in
-    /// three frames. A `frame_max` in the URL wins.
-    pub frame_max: u32,
     /// How long one connect to one node may take (TCP, TLS, AMQP handshake and topology
     /// declaration), in milliseconds.
     pub connect_timeout_ms: u64,
@@ -123,7 +117,6 @@ impl Default for BrokerConfig {
             failed_queue: "drover.failed".to_owned(),
             invalid_queue: "drover.invalid".to_owned(),
             prefetch: 256,
-            frame_max: 32_768,
             connect_timeout_ms: 5_000,
             confirm_timeout_ms: 10_000,
             memory_max_length: 100_000,
@@ -144,7 +137,6 @@ impl fmt::Debug for BrokerConfig {
             .field("failed_queue", &self.failed_queue)
             .field("invalid_queue", &self.invalid_queue)
             .field("prefetch", &self.prefetch)
-            .field("frame_max", &self.frame_max)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("confirm_timeout_ms", &self.confirm_timeout_ms)
             .field("memory_max_length", &self.memory_max_length)
@@ -168,19 +160,6 @@ impl BrokerConfig {
             .map(str::trim)
             .filter(|u| !u.is_empty())
             .collect()
-    }
-
-    /// `url` asking for [`frame_max`](Self::frame_max), unless it is 0 or the URL asks for
-    /// its own.
-    #[must_use]
-    pub fn with_frame_max<'a>(&self, url: &'a str) -> std::borrow::Cow<'a, str> {
-        let query = url.split_once('?').map(|(_, q)| q);
-        let asks = query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("frame_max=")));
-        if self.frame_max == 0 || asks {
-            return url.into();
-        }
-        let sep = if query.is_some() { '&' } else { '?' };
-        format!("{url}{sep}frame_max={}", self.frame_max).into()
     }
 
     /// The queue a [`Route`] leads to. The routing key of a route is the same string.
@@ -243,12 +222,6 @@ impl BrokerConfig {
                     ));
                 }
             }
-        }
-        if self.frame_max != 0 && self.frame_max < 4096 {
-            return invalid(format!(
-                "broker.frame_max {} is below AMQP's minimum of 4096 bytes (0 = the server's)",
-                self.frame_max
-            ));
         }
         if self.tls.cert_file.trim().is_empty() != self.tls.key_file.trim().is_empty() {
             return invalid(
@@ -343,42 +316,9 @@ mod tests {
     }
 
     #[test]
-    fn asks_for_frame_max_unless_the_url_does() {
-        let config = BrokerConfig::default();
-        let cases = [
-            ("amqp://h/%2f", "amqp://h/%2f?frame_max=32768"),
-            (
-                "amqp://h/v?heartbeat=5",
-                "amqp://h/v?heartbeat=5&frame_max=32768",
-            ),
-            ("amqp://h/v?frame_max=8192", "amqp://h/v?frame_max=8192"),
-            (
-                "amqps://h/v?heartbeat=5&frame_max=8192",
-                "amqps://h/v?heartbeat=5&frame_max=8192",
-            ),
-        ];
-        for (url, want) in cases {
-            assert_eq!(config.with_frame_max(url), want, "{url}");
-        }
-        let server = BrokerConfig {
-            frame_max: 0,
-            ..BrokerConfig::default()
-        };
-        assert_eq!(server.with_frame_max("amqp://h/v"), "amqp://h/v");
-    }
-
-    #[test]
     fn validates() {
         assert_eq!(BrokerConfig::default().validate(), Ok(()));
-        let cases: [(&str, BrokerConfig, Option<&str>); 7] = [
-            (
-                "frame_max below the minimum",
-                BrokerConfig {
-                    frame_max: 1024,
-                    ..BrokerConfig::default()
-                },
-                Some("4096"),
-            ),
+        let cases: [(&str, BrokerConfig, Option<&str>); 6] = [
             (
                 "same queue twice",
                 BrokerConfig {

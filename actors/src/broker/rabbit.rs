@@ -185,21 +185,24 @@ impl RabbitBroker {
     ) -> Result<RabbitBroker, BrokerError> {
         let node = redact_url(url);
         // Automatic recovery is off by default; never enable it (supervisors reconnect).
+        // frame_max is left to the server (RabbitMQ: 128 KiB, and lapin keeps 8 MiB of buffers
+        // per connection for it): a message's headers must fit in one frame, so asking for
+        // less would make a message with large headers undeliverable and block the queue
+        // (tests/hostile.rs publishes a 100 KB header).
         let properties =
             ConnectionProperties::default().with_connection_name(connection_name.into());
         let connect_error = |e: lapin::Error| tls::classify(&node, &e);
-        let asked = config.with_frame_max(url);
         let connection = if url.starts_with("amqps://") {
             let runtime = lapin::runtime::default_runtime().map_err(connect_error)?;
             Connection::connect_with_config(
-                &asked,
+                url,
                 properties,
                 tls::load(&config.tls, &node)?,
                 runtime,
             )
             .await
         } else {
-            Connection::connect(&asked, properties).await
+            Connection::connect(url, properties).await
         }
         .map_err(connect_error)?;
         let broker = RabbitBroker {
