@@ -17,14 +17,16 @@ use std::time::Duration;
 
 use drover_actors::message::OutboundMessage;
 use drover_actors::provider::{
-    CircuitBreaker, CircuitConfig, CircuitState, Permit, Provider, ProviderConfig, ProviderError,
-    ProviderKind, SendOutcome, SimulatedConfig, SimulatedProvider, Transition, TwilioConfig,
-    WebhookConfig,
+    AttemptWindow, CircuitBreaker, CircuitConfig, CircuitState, Permit, Provider, ProviderConfig,
+    ProviderError, ProviderKind, Reconciliation, SendOutcome, SimulatedConfig, SimulatedProvider,
+    Transition, TwilioConfig, WebhookConfig,
 };
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use uuid::Uuid;
-use wiremock::matchers::{basic_auth, bearer_token, body_json, header, method, path};
+use wiremock::matchers::{
+    basic_auth, bearer_token, body_json, header, method, path, query_param, query_param_is_missing,
+};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 // ---------------------------------------------------------------------------------------------
@@ -1035,4 +1037,191 @@ fn circuit_zero_threshold_counts_as_one() {
         open_ms: 1,
     });
     assert_eq!(cb.on_outcome(&transient()), Some(Transition::Opened));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Twilio lookup (reconciliation of an ambiguous attempt)
+// ---------------------------------------------------------------------------------------------
+
+/// Fri, 04 Dec 2026 10:00:00 UTC: when the earlier attempt started.
+const STARTED_MS: i64 = 1_796_378_400_000;
+
+/// The query parameters of the contract's `GET .../Messages.json` (`ListMessage`).
+fn list_parameters() -> BTreeSet<String> {
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/twilio/messages.openapi.json");
+    let spec: Value = serde_json::from_slice(&std::fs::read(&file).expect("vendored contract"))
+        .expect("the contract is JSON");
+    let op = &spec["paths"]["/2010-04-01/Accounts/{AccountSid}/Messages.json"]["get"];
+    assert_eq!(op["operationId"], "ListMessage");
+    op["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .filter(|p| p["in"] == "query")
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A listed message resource (fields of the contract's message schema).
+fn listed(sid: &str, m: &OutboundMessage, body: &str, date_created: &str) -> Value {
+    json!({
+        "sid": sid,
+        "account_sid": SID,
+        "messaging_service_sid": SERVICE,
+        "to": m.to,
+        "from": "+15550000000",
+        "body": body,
+        "status": "sent",
+        "direction": "outbound-api",
+        "date_created": date_created,
+        "date_sent": date_created,
+        "num_segments": "1",
+    })
+}
+
+fn page(messages: Vec<Value>, next: Option<String>) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({
+        "messages": messages,
+        "next_page_uri": next,
+        "page": 0,
+        "page_size": 50,
+        "start": 0,
+        "end": 1,
+        "uri": messages_path(),
+        "first_page_uri": messages_path(),
+        "previous_page_uri": null,
+    }))
+}
+
+fn next_page(token: &str) -> String {
+    format!("{}?PageSize=50&Page=1&PageToken={token}", messages_path())
+}
+
+#[tokio::test]
+async fn twilio_lookup_follows_the_pages_and_finds_the_attempt() {
+    let server = MockServer::start().await;
+    let m = msg(None);
+    let at = "Fri, 04 Dec 2026 10:00:02 +0000";
+    Mock::given(method("GET"))
+        .and(path(messages_path()))
+        .and(basic_auth(SID, TOKEN))
+        .and(query_param("To", m.to.as_str()))
+        .and(query_param("DateSent>", "2026-12-04"))
+        .and(query_param_is_missing("PageToken"))
+        .respond_with(page(
+            vec![listed("SMother", &m, "another text", at)],
+            Some(next_page("PA1")),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(messages_path()))
+        .and(basic_auth(SID, TOKEN))
+        .and(query_param("PageToken", "PA1"))
+        .respond_with(page(vec![listed(MESSAGE_SID, &m, &m.body, at)], None))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let found = twilio(&server.uri(), None)
+        .reconcile(&m, AttemptWindow::of_attempt(STARTED_MS, 5_000))
+        .await;
+    assert_eq!(
+        found,
+        Reconciliation::Found {
+            provider_message_id: MESSAGE_SID.into()
+        }
+    );
+    let allowed = list_parameters();
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 2);
+    for req in &requests {
+        for (name, _) in req.url.query_pairs() {
+            assert!(
+                allowed.contains(name.as_ref()),
+                "`{name}` is not a ListMessage parameter"
+            );
+        }
+    }
+    // Sent through the messaging service: no `From` filter (the service picks the number).
+    assert!(!requests[0].url.query_pairs().any(|(k, _)| k == "From"));
+}
+
+#[tokio::test]
+async fn twilio_lookup_filters_by_the_configured_number() {
+    let server = MockServer::start().await;
+    let m = msg(None);
+    Mock::given(method("GET"))
+        .and(path(messages_path()))
+        .and(query_param("From", "+15550000000"))
+        .respond_with(page(vec![], None))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let found = twilio(&server.uri(), Some("+15550000000"))
+        .reconcile(&m, AttemptWindow::of_attempt(STARTED_MS, 5_000))
+        .await;
+    assert_eq!(found, Reconciliation::NotFound);
+}
+
+#[tokio::test]
+async fn twilio_lookup_without_an_answer_fails_and_is_bounded() {
+    let m = msg(None);
+    let window = AttemptWindow::of_attempt(STARTED_MS, 5_000);
+    // An error answer.
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&server)
+        .await;
+    let failed = twilio(&server.uri(), None).reconcile(&m, window).await;
+    assert!(
+        matches!(failed, Reconciliation::Failed(ref e) if e.contains("500")),
+        "{failed:?}"
+    );
+    // Nobody listening.
+    let failed = twilio("http://127.0.0.1:1", None)
+        .reconcile(&m, window)
+        .await;
+    assert!(matches!(failed, Reconciliation::Failed(_)), "{failed:?}");
+    // Pages without end: at most LOOKUP_PAGES requests, then a failure (send as without).
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(page(vec![], Some(next_page("PAnext"))))
+        .mount(&server)
+        .await;
+    let failed = twilio(&server.uri(), None).reconcile(&m, window).await;
+    assert!(matches!(failed, Reconciliation::Failed(_)), "{failed:?}");
+    assert_eq!(
+        server.received_requests().await.unwrap().len(),
+        drover_actors::provider::twilio::LOOKUP_PAGES
+    );
+}
+
+#[tokio::test]
+async fn only_twilio_is_asked() {
+    let window = AttemptWindow::of_attempt(STARTED_MS, 5_000);
+    let simulated = Provider::from_config(&ProviderConfig {
+        kind: ProviderKind::Simulated,
+        ..ProviderConfig::default()
+    })
+    .unwrap();
+    assert_eq!(
+        simulated.reconcile(&msg(None), window).await,
+        Reconciliation::Unsupported
+    );
+    let webhook = Provider::from_config(&ProviderConfig {
+        kind: ProviderKind::Webhook,
+        webhook: WebhookConfig {
+            url: "http://127.0.0.1:1/sms".into(),
+            ..WebhookConfig::default()
+        },
+        ..ProviderConfig::default()
+    })
+    .unwrap();
+    assert_eq!(
+        webhook.reconcile(&msg(None), window).await,
+        Reconciliation::Unsupported
+    );
 }

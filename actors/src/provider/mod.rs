@@ -41,11 +41,13 @@ use serde::{Deserialize, Serialize};
 use crate::message::OutboundMessage;
 
 pub mod circuit;
+pub mod reconcile;
 pub mod simulated;
 pub mod twilio;
 pub mod webhook;
 
 pub use circuit::{CircuitBreaker, CircuitConfig, CircuitState, Permit, Transition};
+pub use reconcile::{AttemptWindow, Reconciliation};
 pub use simulated::{SimulatedConfig, SimulatedProvider};
 pub use twilio::{MessageResource, TwilioClient, TwilioConfig};
 pub use webhook::{WebhookClient, WebhookConfig};
@@ -619,6 +621,26 @@ impl Provider {
             "sms send attempt"
         );
         outcome
+    }
+
+    /// Whether the provider already has the message an earlier attempt of `msg` made within
+    /// `window` (see [`reconcile`]). Twilio is asked; the webhook deduplicates by the
+    /// `Idempotency-Key` header itself and the simulation has nothing to ask:
+    /// [`Reconciliation::Unsupported`]. Never fails: a lookup without an answer is
+    /// [`Reconciliation::Failed`].
+    pub async fn reconcile(&self, msg: &OutboundMessage, window: AttemptWindow) -> Reconciliation {
+        let found = match self {
+            Provider::Twilio(c) => c.find(msg, window).await,
+            Provider::Webhook(_) | Provider::Simulated(_) => Reconciliation::Unsupported,
+        };
+        tracing::info!(
+            provider = %self.kind(),
+            message_id = %msg.id,
+            correlation_id = %msg.correlation_id,
+            result = found.label(),
+            "reconciliation of an earlier attempt"
+        );
+        found
     }
 
     /// Startup reachability check. Twilio: `GET /2010-04-01/Accounts/{sid}.json` with the

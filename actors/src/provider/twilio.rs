@@ -24,6 +24,7 @@ use reqwest::Url;
 use reqwest::header::ACCEPT;
 use serde::{Deserialize, Serialize};
 
+use super::reconcile::{AttemptWindow, Reconciliation, SentFrom, is_the_attempt};
 use super::{
     CORRELATION_HEADER, ProviderError, SENDER_CODES, Secret, SendOutcome, error_chain,
     error_outcome, header_text, http_client, redact_url, redacted, transport_outcome,
@@ -124,6 +125,17 @@ pub struct MessageResource {
     pub subresource_uris: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
+/// Most pages of 50 a lookup reads before it gives up: bounded work per ambiguous attempt.
+pub const LOOKUP_PAGES: usize = 4;
+
+/// A page of `ListMessage` (`ListMessageResponse`): the fields a lookup reads.
+#[derive(Debug, Default, Deserialize)]
+struct MessagePage {
+    #[serde(default)]
+    messages: Vec<MessageResource>,
+    next_page_uri: Option<String>,
+}
+
 /// Which sender a request names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sender<'a> {
@@ -165,6 +177,8 @@ pub struct TwilioClient {
     http: reqwest::Client,
     messages_url: Url,
     account_url: Url,
+    /// The base URL without its trailing `/`: Twilio's page links are paths under it.
+    root: String,
     account_sid: String,
     auth_token: Secret,
     from: Option<String>,
@@ -219,6 +233,7 @@ impl TwilioClient {
             http: http_client(timeout)?,
             messages_url: url(format!("/2010-04-01/Accounts/{sid}/Messages.json"))?,
             account_url: url(format!("/2010-04-01/Accounts/{sid}.json"))?,
+            root: root.to_string(),
             account_sid: sid.to_string(),
             auth_token: Secret::new(config.auth_token.as_str()),
             from,
@@ -311,6 +326,79 @@ impl TwilioClient {
                 }
             }
         }
+    }
+
+    /// Whether Twilio has the message an earlier attempt of `msg` made within `window`
+    /// (see [`reconcile`](super::reconcile)): `GET` the account's messages with `To`, `From`
+    /// (when a number is the sender) and `DateSent>` the window's first day, 50 a page,
+    /// following `next_page_uri` for at most [`LOOKUP_PAGES`] pages.
+    ///
+    /// Twilio sets `date_sent` once it has handed the message on; one it still holds
+    /// (`queued`, `accepted`) is not listed under this filter, so a lookup within seconds of
+    /// the earlier attempt can miss it.
+    pub async fn find(&self, msg: &OutboundMessage, window: AttemptWindow) -> Reconciliation {
+        let from = match self.sender(msg) {
+            Sender::From { number, .. } => SentFrom::Number(number),
+            Sender::Service(service) => SentFrom::Service(service),
+        };
+        let mut url = self.messages_url.clone();
+        {
+            let mut query = url.query_pairs_mut();
+            query.append_pair("To", &msg.to);
+            if let SentFrom::Number(number) = from {
+                query.append_pair("From", number);
+            }
+            query.append_pair("DateSent>", &window.first_day());
+            query.append_pair("PageSize", "50");
+        }
+        for _ in 0..LOOKUP_PAGES {
+            let answer = self
+                .http
+                .get(url.clone())
+                .basic_auth(&self.account_sid, Some(self.auth_token.expose()))
+                .header(ACCEPT, "application/json")
+                .header(CORRELATION_HEADER, header_text(&msg.correlation_id))
+                .send()
+                .await;
+            let resp = match answer {
+                Ok(resp) => resp,
+                Err(e) => return Reconciliation::Failed(error_chain(&e.without_url())),
+            };
+            let status = resp.status();
+            if !status.is_success() {
+                return Reconciliation::Failed(format!("listing messages answered {status}"));
+            }
+            let page: MessagePage = match resp.bytes().await {
+                Ok(body) => match serde_json::from_slice(&body) {
+                    Ok(page) => page,
+                    Err(e) => {
+                        return Reconciliation::Failed(format!("unreadable message list: {e}"));
+                    }
+                },
+                Err(e) => return Reconciliation::Failed(error_chain(&e.without_url())),
+            };
+            if let Some(sid) = page
+                .messages
+                .iter()
+                .find(|m| is_the_attempt(m, msg, from, window))
+                .and_then(|m| m.sid.clone())
+            {
+                return Reconciliation::Found {
+                    provider_message_id: sid,
+                };
+            }
+            // The next page's path and query, under the configured base (its host kept).
+            match page.next_page_uri.as_deref().filter(|u| u.starts_with('/')) {
+                None => return Reconciliation::NotFound,
+                Some(next) => match Url::parse(&format!("{}{next}", self.root)) {
+                    Ok(next) => url = next,
+                    Err(e) => {
+                        return Reconciliation::Failed(format!("unusable next_page_uri: {e}"));
+                    }
+                },
+            }
+        }
+        Reconciliation::Failed(format!("more than {LOOKUP_PAGES} pages of messages"))
     }
 
     /// `GET {base_url}/2010-04-01/Accounts/{sid}.json` with the configured credentials must
