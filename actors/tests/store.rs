@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use drover_actors::message::OutboundMessage;
 use drover_actors::store::{
     Admission, AttemptOutcome, AttemptRecord, MessageRecord, MessageStatus, OutcomeKind, Store,
-    StoreConfig, StoreError,
+    StoreConfig, StoreError, Uncertain,
 };
 use futures::FutureExt;
 use sqlx::AssertSqlSafe;
@@ -189,6 +189,7 @@ on_both_backends!(
     record_invalid_with_and_without_id,
     quarantine_sets_a_message_in_play_aside,
     batch_variants_match_single_ones,
+    ambiguous_attempts_make_an_admission_uncertain,
     sending_lease_separates_in_flight_from_interrupted,
     group_commit_gives_each_caller_its_own_committed_answer,
 );
@@ -260,10 +261,7 @@ async fn sending_lease_separates_in_flight_from_interrupted(db: &TestDb) {
     );
     assert_eq!(
         store.begin_attempt(&m, NOW + 30_000).await.unwrap(),
-        Admission::Proceed {
-            attempt: 2,
-            interrupted: true
-        }
+        interrupted(2, NOW, NOW)
     );
 }
 
@@ -281,6 +279,35 @@ fn proceed(attempt: u32) -> Admission {
     Admission::Proceed {
         attempt,
         interrupted: false,
+        uncertain: None,
+    }
+}
+
+/// Attempt `attempt` after an interrupted one; the ambiguous ones so far started from `first`
+/// to `last`.
+fn interrupted(attempt: u32, first: i64, last: i64) -> Admission {
+    match after_ambiguous(attempt, first, last) {
+        Admission::Proceed {
+            attempt, uncertain, ..
+        } => Admission::Proceed {
+            attempt,
+            interrupted: true,
+            uncertain,
+        },
+        other => other,
+    }
+}
+
+/// Attempt `attempt` (not after an interruption) when ambiguous ones started from `first` to
+/// `last`.
+fn after_ambiguous(attempt: u32, first: i64, last: i64) -> Admission {
+    Admission::Proceed {
+        attempt,
+        interrupted: false,
+        uncertain: Some(Uncertain {
+            first_started_at: first,
+            last_started_at: last,
+        }),
     }
 }
 
@@ -416,10 +443,7 @@ async fn admission_table(db: &TestDb) {
     // Sending: the previous worker died mid-send.
     assert_eq!(
         s.begin_attempt(&m, NOW + 1).await.unwrap(),
-        Admission::Proceed {
-            attempt: 2,
-            interrupted: true
-        }
+        interrupted(2, NOW, NOW)
     );
     let r = get(&s, m.id).await;
     assert_eq!(
@@ -481,7 +505,11 @@ async fn admission_table(db: &TestDb) {
     let claimed = s.claim_due(NOW + 1000, LEASE, 10).await.unwrap();
     assert_eq!(claimed, vec![(m.clone(), 2)]);
     assert_eq!(get(&s, m.id).await.status, MessageStatus::Queued);
-    assert_eq!(s.begin_attempt(&m, NOW + 1001).await.unwrap(), proceed(3));
+    // Its first attempt was interrupted: uncertain.
+    assert_eq!(
+        s.begin_attempt(&m, NOW + 1001).await.unwrap(),
+        after_ambiguous(3, NOW, NOW)
+    );
     let r = get(&s, m.id).await;
     assert_eq!(
         (r.status, r.attempts, r.claimed_until, r.next_attempt_at),
@@ -593,7 +621,10 @@ async fn outcomes_and_history(db: &TestDb) {
 
     // A stale report (an older attempt) changes nothing.
     assert_eq!(s.claim_due(NOW + 300, LEASE, 10).await.unwrap().len(), 1);
-    assert_eq!(s.begin_attempt(&m, NOW + 301).await.unwrap(), proceed(3));
+    assert_eq!(
+        s.begin_attempt(&m, NOW + 301).await.unwrap(),
+        after_ambiguous(3, NOW + 101, NOW + 101)
+    );
     let before = get(&s, m.id).await;
     s.record_outcome(m.id, 2, &sent("STALE"), NOW + 302)
         .await
@@ -827,16 +858,7 @@ async fn concurrent_admissions_are_serialized(db: &TestDb) {
     let (a, b) = tokio::join!(first.begin_attempt(&m, NOW), second.begin_attempt(&m, NOW));
     let mut got = vec![a.unwrap(), b.unwrap()];
     got.sort_by_key(|a| format!("{a:?}"));
-    assert_eq!(
-        got,
-        vec![
-            proceed(1),
-            Admission::Proceed {
-                attempt: 2,
-                interrupted: true
-            }
-        ]
-    );
+    assert_eq!(got, vec![proceed(1), interrupted(2, NOW, NOW)]);
     let r = get(&first, m.id).await;
     assert_eq!((r.attempts, r.history.len()), (2, 2));
 
@@ -1090,6 +1112,74 @@ async fn quarantine_sets_a_message_in_play_aside(db: &TestDb) {
     assert!(!s.quarantine(Uuid::new_v4(), "poison", NOW).await.unwrap());
 }
 
+/// After an attempt recorded `ambiguous` (a timeout after the request went out), the next
+/// admission says when the uncertain attempts started, so the worker can ask the provider;
+/// a `reconciled` outcome records the message sent with the attempt saying why. A transient
+/// failure leaves nothing uncertain. Batch calls answer and record as single ones.
+async fn ambiguous_attempts_make_an_admission_uncertain(db: &TestDb) {
+    let s = db.store().await;
+    let timed_out = msg(1);
+    let refused = msg(2);
+    let batched = msg(3);
+    for m in [&timed_out, &refused, &batched] {
+        assert_eq!(s.begin_attempt(m, NOW).await.unwrap(), proceed(1));
+    }
+    s.record_outcome(timed_out.id, 1, &ambiguous(NOW + 10), NOW + 1)
+        .await
+        .unwrap();
+    s.record_outcome(refused.id, 1, &retry_at(NOW + 10), NOW + 1)
+        .await
+        .unwrap();
+    s.record_outcomes(&[(batched.id, 1, ambiguous(NOW + 10))], NOW + 1)
+        .await
+        .unwrap();
+    assert_eq!(s.claim_due(NOW + 10, LEASE, 10).await.unwrap().len(), 3);
+
+    let uncertain = Admission::Proceed {
+        attempt: 2,
+        interrupted: false,
+        uncertain: Some(Uncertain {
+            first_started_at: NOW,
+            last_started_at: NOW,
+        }),
+    };
+    assert_eq!(
+        s.begin_attempt(&timed_out, NOW + 11).await.unwrap(),
+        uncertain
+    );
+    assert_eq!(
+        s.begin_attempt(&refused, NOW + 11).await.unwrap(),
+        proceed(2)
+    );
+    assert_eq!(
+        s.begin_attempts(std::slice::from_ref(&batched), NOW + 11)
+            .await
+            .unwrap(),
+        vec![uncertain]
+    );
+
+    let found = |sid: &str| AttemptOutcome::Reconciled {
+        provider_message_id: sid.into(),
+    };
+    s.record_outcome(timed_out.id, 2, &found("SMfound1"), NOW + 12)
+        .await
+        .unwrap();
+    s.record_outcomes(&[(batched.id, 2, found("SMfound3"))], NOW + 12)
+        .await
+        .unwrap();
+    for (m, sid) in [(&timed_out, "SMfound1"), (&batched, "SMfound3")] {
+        let r = get(&s, m.id).await;
+        assert_eq!(r.status, MessageStatus::Sent);
+        assert_eq!(r.provider_message_id.as_deref(), Some(sid));
+        assert_eq!(r.history.len(), 2);
+        let last = &r.history[1];
+        assert_eq!(last.outcome, Some(OutcomeKind::Sent));
+        assert_eq!(last.error_class.as_deref(), Some("reconciled"));
+        assert_eq!(last.provider_message_id.as_deref(), Some(sid));
+        assert_eq!(r.history[0].outcome, Some(OutcomeKind::Ambiguous));
+    }
+}
+
 async fn batch_variants_match_single_ones(db: &TestDb) {
     let s = db.store().await;
     assert_eq!(s.begin_attempts(&[], NOW).await.unwrap(), vec![]);
@@ -1159,14 +1249,8 @@ async fn batch_variants_match_single_ones(db: &TestDb) {
             },
             not_due.clone(),
             not_due,
-            Admission::Proceed {
-                attempt: 2,
-                interrupted: true
-            },
-            Admission::Proceed {
-                attempt: 3,
-                interrupted: true
-            },
+            interrupted(2, NOW, NOW),
+            interrupted(3, NOW, NOW + 2),
             Admission::Conflict,
         ]
     );
@@ -1190,13 +1274,7 @@ async fn batch_variants_match_single_ones(db: &TestDb) {
         .unwrap();
     assert_eq!(
         single_admissions,
-        vec![
-            proceed(1),
-            Admission::Proceed {
-                attempt: 2,
-                interrupted: true
-            }
-        ]
+        vec![proceed(1), interrupted(2, NOW + 3, NOW + 3)]
     );
     assert_eq!(batch_admissions, single_admissions);
 

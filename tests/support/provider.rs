@@ -104,6 +104,47 @@ struct MockState {
     faults: Mutex<Faults>,
     sid_counter: AtomicU64,
     rng: AtomicU64,
+    /// What the mock accepted (as soon as it took the request, however late it answers),
+    /// for `ListMessage`.
+    accepted: Mutex<Vec<Accepted>>,
+    /// `ListMessage` requests received.
+    lookups: AtomicU64,
+    /// Answer `ListMessage` with 500.
+    fail_lookups: std::sync::atomic::AtomicBool,
+}
+
+/// A message the mock accepted.
+#[derive(Debug, Clone)]
+struct Accepted {
+    sid: String,
+    to: String,
+    from: Option<String>,
+    service: Option<String>,
+    body: String,
+    /// Unix ms.
+    created_ms: i64,
+}
+
+impl Accepted {
+    /// The message resource, with Twilio's RFC 2822 dates (sent as soon as accepted).
+    fn resource(&self) -> serde_json::Value {
+        let date = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(self.created_ms)
+            .unwrap_or_default()
+            .to_rfc2822();
+        json!({
+            "sid": self.sid,
+            "account_sid": ACCOUNT_SID,
+            "to": self.to,
+            "from": self.from,
+            "messaging_service_sid": self.service,
+            "body": self.body,
+            "status": "sent",
+            "direction": "outbound-api",
+            "date_created": date,
+            "date_sent": date,
+            "num_segments": "1",
+        })
+    }
 }
 
 impl MockState {
@@ -142,7 +183,7 @@ impl MockProvider {
         let app = Router::new()
             .route(
                 "/2010-04-01/Accounts/{sid}/Messages.json",
-                post(twilio_create_message),
+                post(twilio_create_message).get(twilio_list_messages),
             )
             .route("/2010-04-01/Accounts/{file}", get(twilio_fetch_account))
             .with_state(state.clone());
@@ -186,6 +227,16 @@ impl MockProvider {
     /// Answer each call after a random delay in `min_ms..=max_ms` (simulated provider latency).
     pub fn set_latency(&self, min_ms: u64, max_ms: u64) {
         *lock(&self.state.latency) = (min_ms, max_ms.max(min_ms));
+    }
+
+    /// `ListMessage` requests so far.
+    pub fn lookups(&self) -> u64 {
+        self.state.lookups.load(Ordering::Relaxed)
+    }
+
+    /// Answer `ListMessage` with 500 (a lookup that fails) or normally.
+    pub fn fail_lookups(&self, fail: bool) {
+        self.state.fail_lookups.store(fail, Ordering::Relaxed);
     }
 
     /// Every call, in arrival order.
@@ -332,17 +383,27 @@ async fn twilio_create_message(
         };
         (answer, latency)
     };
+    // Taken as it arrives: a late answer does not make it less sent.
+    let msg_sid = (answer == Answer::Accept).then(|| {
+        let n = state.sid_counter.fetch_add(1, Ordering::Relaxed);
+        let msg_sid = format!("SM{:032x}", (u128::from(n) << 64) | 0x5eed);
+        lock(&state.accepted).push(Accepted {
+            sid: msg_sid.clone(),
+            to: to.clone(),
+            from: from.clone(),
+            service: form.get("MessagingServiceSid").cloned(),
+            body: body.clone(),
+            created_ms: unix_ms(),
+        });
+        msg_sid
+    });
     if latency > 0 {
         // Simulated provider latency (not a synchronisation).
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
     match answer {
         Answer::Accept => {
-            let n = state.sid_counter.fetch_add(1, Ordering::Relaxed);
-            let msg_sid = format!(
-                "SM{:032x}",
-                (u128::from(n) << 64) | u128::from(at.elapsed().subsec_nanos())
-            );
+            let msg_sid = msg_sid.unwrap_or_default();
             (
                 StatusCode::CREATED,
                 axum::Json(json!({
@@ -377,6 +438,91 @@ async fn twilio_create_message(
         Answer::Unauthorized => twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate"),
         Answer::TooMany => twilio_error(StatusCode::TOO_MANY_REQUESTS, 20429, "Too Many Requests"),
     }
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// `GET /2010-04-01/Accounts/{sid}/Messages.json` (`ListMessage`): the accepted messages,
+/// newest first, filtered by `To`, `From` and `DateSent>` (a `YYYY-MM-DD` day), `PageSize`
+/// a page (50 by default), the next page named by `PageToken` in `next_page_uri`.
+async fn twilio_list_messages(
+    State(state): State<Arc<MockState>>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    state.lookups.fetch_add(1, Ordering::Relaxed);
+    if sid != ACCOUNT_SID || !authorized(&headers) {
+        return twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
+    }
+    if state.fail_lookups.load(Ordering::Relaxed) {
+        return twilio_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            20500,
+            "Internal Server Error",
+        );
+    }
+    let size: usize = query
+        .get("PageSize")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(50)
+        .clamp(1, 1000);
+    let offset: usize = query
+        .get("PageToken")
+        .and_then(|t| t.strip_prefix("PA"))
+        .and_then(|o| o.parse().ok())
+        .unwrap_or(0);
+    let day = |ms: i64| {
+        chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+            .unwrap_or_default()
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    let matching: Vec<Accepted> = lock(&state.accepted)
+        .iter()
+        .rev()
+        .filter(|m| query.get("To").is_none_or(|to| *to == m.to))
+        .filter(|m| query.get("From").is_none_or(|f| m.from.as_ref() == Some(f)))
+        .filter(|m| {
+            query
+                .get("DateSent>")
+                .is_none_or(|d| day(m.created_ms) >= *d)
+        })
+        .cloned()
+        .collect();
+    let page: Vec<serde_json::Value> = matching
+        .iter()
+        .skip(offset)
+        .take(size)
+        .map(Accepted::resource)
+        .collect();
+    let path = format!("/2010-04-01/Accounts/{sid}/Messages.json");
+    let next = (offset + size < matching.len()).then(|| {
+        let mut url = url::Url::parse("http://next.invalid").expect("a URL");
+        url.set_path(&path);
+        {
+            let mut q = url.query_pairs_mut();
+            for key in ["To", "From", "DateSent>"] {
+                if let Some(v) = query.get(key) {
+                    q.append_pair(key, v);
+                }
+            }
+            q.append_pair("PageSize", &size.to_string());
+            q.append_pair("PageToken", &format!("PA{}", offset + size));
+        }
+        format!("{}?{}", url.path(), url.query().unwrap_or(""))
+    });
+    axum::Json(json!({
+        "messages": page,
+        "next_page_uri": next,
+        "page_size": size,
+        "uri": path,
+    }))
+    .into_response()
 }
 
 /// Standard base64 with padding (for the expected basic-auth header).

@@ -23,8 +23,8 @@ use crate::pipeline::scheduler::SchedulerMessage;
 use crate::pipeline::set_aside::{Received, failed_headers, invalid_copy};
 use crate::pipeline::store_worker::store_of;
 use crate::pipeline::{DeliveryConfig, Pipeline, PipelineError};
-use crate::provider::ProviderConfig;
-use crate::store::{Admission, AttemptOutcome, Store};
+use crate::provider::{AttemptWindow, ProviderConfig, Reconciliation};
+use crate::store::{Admission, AttemptOutcome, Store, Uncertain};
 use crate::supervisor::{ChildCtx, SplitMix64};
 
 /// How long a worker holds a delivery whose message is in flight elsewhere before putting it
@@ -268,12 +268,19 @@ async fn admit(
         Admission::Proceed {
             attempt,
             interrupted,
+            uncertain,
         } => {
             if interrupted {
                 tracing::warn!(
                     attempt,
                     "a previous attempt was interrupted; it may or may not have reached the provider"
                 );
+            }
+            if let Some(u) = uncertain {
+                let found = Box::pin(reconciled(p, store, delivery, &msg, attempt, &provider, u));
+                if found.await? {
+                    return Ok(None);
+                }
             }
             attempt
         }
@@ -330,6 +337,78 @@ async fn admit(
         at_ms: now,
         provider,
     }))
+}
+
+/// Ask the provider whether one of the message's earlier attempts whose fate is unknown went
+/// through. If it did, record the message sent (with the attempt saying so) without calling
+/// the provider again, and ack: `Ok(true)`. Otherwise (not found, not asked, no answer in
+/// `provider.reconcile_timeout_ms`): `Ok(false)`, send as without the lookup.
+async fn reconciled(
+    p: &Pipeline,
+    store: &Store,
+    delivery: &mut Delivery,
+    msg: &OutboundMessage,
+    attempt: u32,
+    provider: &ActorRef<ProviderMessage>,
+    u: Uncertain,
+) -> Result<bool, PipelineError> {
+    let limit = p.config.provider.reconcile_timeout_ms;
+    if limit == 0 {
+        return Ok(false);
+    }
+    let window = AttemptWindow::spanning(
+        u.first_started_at,
+        u.last_started_at,
+        p.config.provider.timeout_ms,
+    );
+    let asked = provider
+        .call(
+            |reply| ProviderMessage::Reconcile {
+                msg: Box::new(msg.clone()),
+                window,
+                reply,
+            },
+            Some(std::time::Duration::from_millis(
+                limit + PROVIDER_CALL_MARGIN_MS,
+            )),
+        )
+        .await;
+    let found = match asked {
+        Ok(CallResult::Success(found)) => found,
+        _ => {
+            tracing::warn!("the provider actor did not answer the lookup; sending");
+            return Ok(false);
+        }
+    };
+    match found {
+        Reconciliation::Found {
+            provider_message_id,
+        } => {
+            tracing::info!(
+                %provider_message_id,
+                "an earlier attempt reached the provider: recorded sent, not sent again"
+            );
+            let outcome = AttemptOutcome::Reconciled {
+                provider_message_id,
+            };
+            store
+                .record_outcome(msg.id, attempt, &outcome, p.clock.now_ms())
+                .await
+                .map_err(|e| suspect(p, e))?;
+            p.ops.metrics.outcome(outcome.kind()).increment(1);
+            ack(delivery).await?;
+            Ok(true)
+        }
+        Reconciliation::NotFound => {
+            tracing::info!("earlier attempts are not at the provider: sending");
+            Ok(false)
+        }
+        Reconciliation::Unsupported => Ok(false),
+        Reconciliation::Failed(error) => {
+            tracing::warn!(%error, "the lookup at the provider failed: sending as without it");
+            Ok(false)
+        }
+    }
 }
 
 /// Call the provider for an admitted message and decide what its answer means. An `Err` is a
@@ -426,6 +505,7 @@ async fn apply(
     p.ops.metrics.outcome(outcome.kind()).increment(1);
     match &outcome {
         AttemptOutcome::Sent { .. } => tracing::info!("sent"),
+        AttemptOutcome::Reconciled { .. } => tracing::info!("sent (found at the provider)"),
         AttemptOutcome::Retry {
             next_attempt_at, ..
         }

@@ -34,6 +34,10 @@ pub const PROVIDER_LATENCY_SECONDS: &str = "drover_provider_latency_seconds";
 pub const PUBLISHED_TOTAL: &str = "drover_published_total";
 /// Counter: deliveries taken from the work queue.
 pub const CONSUMED_TOTAL: &str = "drover_consumed_total";
+/// Lookups of an earlier attempt's fate at the provider, by `result`.
+pub const RECONCILED_TOTAL: &str = "drover_reconciled_total";
+/// The `result` labels of [`RECONCILED_TOTAL`], in [`PipelineMetrics::reconciled`]'s order.
+const RECONCILED_RESULTS: [&str; 4] = ["found", "not_found", "unsupported", "failed"];
 
 /// Bucket bounds of [`PROVIDER_LATENCY_SECONDS`].
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -56,6 +60,7 @@ pub struct PipelineMetrics {
     published: [Counter; 3],
     /// Deliveries taken from the work queue.
     pub consumed: Counter,
+    reconciled: [Counter; 4],
 }
 
 impl Default for PipelineMetrics {
@@ -72,6 +77,12 @@ impl Default for PipelineMetrics {
             provider_latency: Histogram::noop(),
             published: [Counter::noop(), Counter::noop(), Counter::noop()],
             consumed: Counter::noop(),
+            reconciled: [
+                Counter::noop(),
+                Counter::noop(),
+                Counter::noop(),
+                Counter::noop(),
+            ],
         }
     }
 }
@@ -102,6 +113,11 @@ impl PipelineMetrics {
             Unit::Count,
             "Deliveries taken from the work queue"
         );
+        metrics::describe_counter!(
+            RECONCILED_TOTAL,
+            Unit::Count,
+            "Lookups at the provider of an earlier attempt whose fate was unknown, by result"
+        );
         let outcome = |o: &'static str| metrics::counter!(MESSAGES_TOTAL, "outcome" => o);
         let published = |r: Route| metrics::counter!(PUBLISHED_TOTAL, "route" => r.to_string());
         let m = PipelineMetrics {
@@ -115,6 +131,8 @@ impl PipelineMetrics {
             provider_latency: metrics::histogram!(PROVIDER_LATENCY_SECONDS),
             published: Route::ALL.map(published),
             consumed: metrics::counter!(CONSUMED_TOTAL),
+            reconciled: RECONCILED_RESULTS
+                .map(|r| metrics::counter!(RECONCILED_TOTAL, "result" => r)),
         };
         // Make every series visible at 0 before the first event.
         for c in [
@@ -129,10 +147,22 @@ impl PipelineMetrics {
         ]
         .into_iter()
         .chain(m.published.iter())
+        .chain(m.reconciled.iter())
         {
             c.increment(0);
         }
         m
+    }
+
+    /// The counter of a lookup that came to `result` (a [`Reconciliation::label`]).
+    ///
+    /// [`Reconciliation::label`]: crate::provider::Reconciliation::label
+    pub fn reconciled(&self, result: &str) -> &Counter {
+        let i = RECONCILED_RESULTS
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(RECONCILED_RESULTS.len() - 1);
+        &self.reconciled[i]
     }
 
     /// The counter of an attempt's recorded outcome.

@@ -12,7 +12,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::message::OutboundMessage;
 use crate::pipeline::Pipeline;
-use crate::provider::{CircuitBreaker, Permit, Provider, SendOutcome, Transition};
+use crate::provider::{
+    AttemptWindow, CircuitBreaker, CircuitState, Permit, Provider, Reconciliation, SendOutcome,
+    Transition,
+};
 
 /// What a send came to.
 #[derive(Debug, Clone)]
@@ -30,6 +33,13 @@ pub enum ProviderMessage {
         msg: Box<OutboundMessage>,
         attempt: u32,
         reply: RpcReplyPort<SendResult>,
+    },
+    /// Ask the provider whether an earlier attempt of `msg` within `window` went through
+    /// (`provider.reconcile_timeout_ms` at most; counted in `drover_reconciled_total`).
+    Reconcile {
+        msg: Box<OutboundMessage>,
+        window: AttemptWindow,
+        reply: RpcReplyPort<Reconciliation>,
     },
     /// Internal: `alerts.circuit_open_alert_ms` after the circuit opened at `since` (Unix
     /// ms): if it is still open, alert, whether or not a send comes by.
@@ -164,6 +174,30 @@ impl Actor for ProviderWorker {
                         // The actor is gone; the caller still gets its answer.
                         let _ = reply.send(SendResult::Done(outcome));
                     }
+                });
+            }
+            ProviderMessage::Reconcile { msg, window, reply } => {
+                // A provider whose circuit is open would not answer either: send as without.
+                if matches!(state.circuit.state(), CircuitState::Open { .. }) {
+                    let found = Reconciliation::Failed("provider circuit open".into());
+                    state.p.ops.metrics.reconciled(found.label()).increment(1);
+                    let _ = reply.send(found);
+                    return Ok(());
+                }
+                let provider = state.provider.clone();
+                let limit = state.p.config.provider.reconcile_timeout_ms;
+                let metrics = state.p.ops.metrics.clone();
+                tokio::spawn(async move {
+                    let found = tokio::time::timeout(
+                        std::time::Duration::from_millis(limit),
+                        provider.reconcile(&msg, window),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        Reconciliation::Failed(format!("no answer within {limit} ms"))
+                    });
+                    metrics.reconciled(found.label()).increment(1);
+                    let _ = reply.send(found);
                 });
             }
             ProviderMessage::OpenTooLong { since } => {

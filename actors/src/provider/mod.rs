@@ -3,7 +3,8 @@
 //! [`SendOutcome`], plus the [`CircuitBreaker`] that the sending side keeps in front of it.
 //!
 //! ```text
-//! [provider]                kind = "simulated" | "twilio" | "webhook", timeout_ms
+//! [provider]                kind = "simulated" | "twilio" | "webhook", timeout_ms,
+//!                           reconcile_timeout_ms
 //! [provider.twilio]         base_url, account_sid, auth_token, from, messaging_service_sid
 //! [provider.webhook]        url, bearer_token
 //! [provider.simulated]      latency_ms, transient_failure_rate, permanent_failure_rate, seed
@@ -67,6 +68,11 @@ pub struct ProviderConfig {
     /// A request that went out but got no answer in time is `Ambiguous`: the provider may
     /// have sent the SMS. Connecting alone gets at most half of it (and at most 5 s).
     pub timeout_ms: u64,
+    /// Before an attempt that follows one whose fate is unknown (a timeout after the request
+    /// went out, a worker killed mid-call), the provider is asked whether that one went
+    /// through ([`Provider::reconcile`]); the lookup gets at most this many milliseconds and
+    /// the message is sent as before when it gets no answer. `0`: never ask.
+    pub reconcile_timeout_ms: u64,
     /// `[provider.twilio]`: used when `kind = "twilio"`.
     pub twilio: TwilioConfig,
     /// `[provider.webhook]`: used when `kind = "webhook"`.
@@ -82,6 +88,7 @@ impl Default for ProviderConfig {
         ProviderConfig {
             kind: ProviderKind::Simulated,
             timeout_ms: 10_000,
+            reconcile_timeout_ms: 5_000,
             twilio: TwilioConfig::default(),
             webhook: WebhookConfig::default(),
             simulated: SimulatedConfig::default(),

@@ -61,9 +61,15 @@ pub const CLOCK_SLACK_MS: i64 = 60_000;
 impl AttemptWindow {
     /// The window of an attempt that started at `started_ms` and could run `timeout_ms`.
     pub fn of_attempt(started_ms: i64, timeout_ms: u64) -> AttemptWindow {
+        AttemptWindow::spanning(started_ms, started_ms, timeout_ms)
+    }
+
+    /// The window of attempts that started from `first_ms` to `last_ms`, each able to run
+    /// `timeout_ms`: any of them may be the one that went through.
+    pub fn spanning(first_ms: i64, last_ms: i64, timeout_ms: u64) -> AttemptWindow {
         AttemptWindow {
-            from_ms: started_ms - CLOCK_SLACK_MS,
-            until_ms: started_ms + timeout_ms as i64 + CLOCK_SLACK_MS,
+            from_ms: first_ms.min(last_ms) - CLOCK_SLACK_MS,
+            until_ms: first_ms.max(last_ms) + timeout_ms as i64 + CLOCK_SLACK_MS,
         }
     }
 

@@ -52,7 +52,7 @@ use uuid::Uuid;
 pub use config::{StoreConfig, StoreTlsConfig};
 pub use error::StoreError;
 pub use types::{
-    Admission, AttemptOutcome, AttemptRecord, MessageRecord, MessageStatus, OutcomeKind,
+    Admission, AttemptOutcome, AttemptRecord, MessageRecord, MessageStatus, OutcomeKind, Uncertain,
 };
 
 use crate::message::OutboundMessage;
@@ -247,6 +247,7 @@ impl Store {
                             results[i] = Some(Admission::Proceed {
                                 attempt: 1,
                                 interrupted: false,
+                                uncertain: None,
                             });
                         }
                     }

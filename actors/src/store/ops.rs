@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::StoreError;
 use super::db::{Arg, Tx, db_row};
 use super::types::{
-    Admission, AttemptOutcome, AttemptRecord, MessageRecord, MessageStatus, OutcomeKind,
+    Admission, AttemptOutcome, AttemptRecord, MessageRecord, MessageStatus, OutcomeKind, Uncertain,
 };
 use crate::message::OutboundMessage;
 
@@ -55,6 +55,14 @@ db_row! {
         error: Option<String>,
         latency_ms: Option<i64>,
         provider_message_id: Option<String>,
+    }
+}
+
+db_row! {
+    /// When a message's ambiguous attempts started ([`UNCERTAIN_ATTEMPTS`]).
+    struct UncertainRow {
+        first_started_at: Option<i64>,
+        last_started_at: Option<i64>,
     }
 }
 
@@ -139,6 +147,12 @@ SET outcome = 'ambiguous', error_class = 'interrupted',
     error = 'the worker stopped before recording an outcome', finished_at = $2
 WHERE message_id = $1 AND outcome IS NULL";
 
+/// When the message's attempts recorded `ambiguous` (an interrupted one included, marked just
+/// before) started: the first and the last (both NULL when there is none).
+const UNCERTAIN_ATTEMPTS: &str = "\
+SELECT MIN(started_at) AS first_started_at, MAX(started_at) AS last_started_at
+FROM attempts WHERE message_id = $1 AND outcome = 'ambiguous'";
+
 const ADMIT: &str = "\
 UPDATE messages
 SET status = 'sending', attempts = attempts + 1, next_attempt_at = NULL, claimed_until = NULL,
@@ -172,6 +186,7 @@ pub(super) async fn begin_one(
         return Ok(Admission::Proceed {
             attempt: 1,
             interrupted: false,
+            uncertain: None,
         });
     }
 
@@ -210,12 +225,24 @@ pub(super) async fn begin_one(
                 tx.execute(MARK_INTERRUPTED, &[Text(&id), Int(now_ms)])
                     .await?;
             }
+            // Before the new attempt row: the attempts so far whose fate is unknown.
+            let uncertain = tx
+                .fetch_optional::<UncertainRow>(UNCERTAIN_ATTEMPTS, &[Text(&id)])
+                .await?
+                .and_then(|r| match (r.first_started_at, r.last_started_at) {
+                    (Some(first_started_at), Some(last_started_at)) => Some(Uncertain {
+                        first_started_at,
+                        last_started_at,
+                    }),
+                    _ => None,
+                });
             tx.execute(ADMIT, &[Text(&id), Int(now_ms)]).await?;
             tx.execute(INSERT_ATTEMPT, &[Text(&id), Int(now_ms)])
                 .await?;
             Admission::Proceed {
                 attempt: to_u32(row.attempts, "attempts")?.saturating_add(1),
                 interrupted,
+                uncertain,
             }
         }
         MessageStatus::Invalid => Admission::AlreadyInvalid,
@@ -256,6 +283,11 @@ UPDATE messages
 SET status = 'retry_scheduled', next_attempt_at = $3, last_error = $4,
     last_error_class = 'ambiguous', updated_at = $5
 WHERE id = $1 AND status = 'sending' AND attempts = $2";
+
+/// The attempt row of a [`AttemptOutcome::Reconciled`]: its error class and note.
+pub(super) const RECONCILED_CLASS: &str = "reconciled";
+pub(super) const RECONCILED_NOTE: &str =
+    "an earlier attempt reached the provider (found by asking it); not sent again";
 
 /// Close the latest attempt row of message `$1`.
 const CLOSE_ATTEMPT: &str = "\
@@ -298,6 +330,19 @@ pub(super) async fn record_one(
                 None,
                 None,
                 Some(*latency_ms),
+                Some(provider_message_id.as_str()),
+            )
+        }
+        AttemptOutcome::Reconciled {
+            provider_message_id,
+        } => {
+            let args = [id_arg, attempt_arg, Text(provider_message_id), now];
+            let n = tx.execute(OUTCOME_SENT, &args).await?;
+            (
+                n,
+                Some(RECONCILED_CLASS),
+                Some(RECONCILED_NOTE),
+                Some(0),
                 Some(provider_message_id.as_str()),
             )
         }

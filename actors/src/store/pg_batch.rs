@@ -153,6 +153,17 @@ fn columns(outcome: &AttemptOutcome) -> Columns<'_> {
             provider_message_id: Some(provider_message_id),
             latency_ms: Some(*latency_ms),
         },
+        AttemptOutcome::Reconciled {
+            provider_message_id,
+        } => Columns {
+            status: "sent",
+            delta: 0,
+            next_attempt_at: None,
+            error: Some(super::ops::RECONCILED_NOTE),
+            error_class: Some(super::ops::RECONCILED_CLASS),
+            provider_message_id: Some(provider_message_id),
+            latency_ms: Some(0),
+        },
         AttemptOutcome::Retry {
             next_attempt_at,
             error_class,

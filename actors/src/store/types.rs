@@ -113,6 +113,13 @@ impl fmt::Display for OutcomeKind {
     }
 }
 
+/// When the earlier attempts whose fate is unknown started (Unix ms): the first and the last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Uncertain {
+    pub first_started_at: i64,
+    pub last_started_at: i64,
+}
+
 /// What a worker may do with a delivered message ([`Store::begin_attempt`]).
 ///
 /// [`Store::begin_attempt`]: super::Store::begin_attempt
@@ -130,6 +137,10 @@ pub enum Admission {
         attempt: u32,
         /// Whether a previous attempt was cut short.
         interrupted: bool,
+        /// Earlier attempts whose fate is unknown (recorded `ambiguous`: timed out after
+        /// the request went out, or cut short): the provider may already have the message,
+        /// so ask it before sending again.
+        uncertain: Option<Uncertain>,
     },
     /// Another worker started an attempt less than the sending lease ago and is presumably
     /// still at it: do not send; put this delivery back (if that worker dies, its own
@@ -176,6 +187,13 @@ pub enum AttemptOutcome {
         /// How long the provider call took.
         latency_ms: u64,
     },
+    /// Not sent: an earlier attempt whose fate was unknown turns out to have reached the
+    /// provider, which has it under `provider_message_id` (see `provider::reconcile`). Status
+    /// `sent`; the attempt row's outcome is `sent` with error class `reconciled`.
+    Reconciled {
+        /// The provider's id for the message, as its lookup found it.
+        provider_message_id: String,
+    },
     /// A transient failure: status `retry_scheduled` until `next_attempt_at`.
     Retry {
         /// When to try again (Unix ms).
@@ -220,7 +238,7 @@ impl AttemptOutcome {
     /// The outcome recorded on the attempt row.
     pub fn kind(&self) -> OutcomeKind {
         match self {
-            AttemptOutcome::Sent { .. } => OutcomeKind::Sent,
+            AttemptOutcome::Sent { .. } | AttemptOutcome::Reconciled { .. } => OutcomeKind::Sent,
             AttemptOutcome::Retry { .. } => OutcomeKind::Retry,
             AttemptOutcome::Failed { .. } => OutcomeKind::Failed,
             AttemptOutcome::Deferred { .. } => OutcomeKind::Deferred,
