@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use drover_actors::message::OutboundMessage;
 use drover_actors::store::{
-    Admission, AttemptOutcome, AttemptRecord, MessageRecord, MessageStatus, OutcomeKind, Store,
-    StoreConfig, StoreError, Uncertain,
+    Admission, AttemptOutcome, AttemptRecord, MessageRecord, MessageStatus, OutcomeKind,
+    ReceiptRecord, Store, StoreConfig, StoreError, Uncertain,
 };
 use futures::FutureExt;
 use sqlx::AssertSqlSafe;
@@ -190,6 +190,7 @@ on_both_backends!(
     quarantine_sets_a_message_in_play_aside,
     batch_variants_match_single_ones,
     ambiguous_attempts_make_an_admission_uncertain,
+    receipts_keep_what_says_the_most,
     sending_lease_separates_in_flight_from_interrupted,
     group_commit_gives_each_caller_its_own_committed_answer,
 );
@@ -1178,6 +1179,63 @@ async fn ambiguous_attempts_make_an_admission_uncertain(db: &TestDb) {
         assert_eq!(last.provider_message_id.as_deref(), Some(sid));
         assert_eq!(r.history[0].outcome, Some(OutcomeKind::Ambiguous));
     }
+}
+
+/// Delivery receipts are kept as they come, found by the provider's id; the message's
+/// delivery is the one that says the most (a late `sent` does not undo `delivered`); a
+/// receipt for an unknown provider id is recorded nowhere.
+async fn receipts_keep_what_says_the_most(db: &TestDb) {
+    let s = db.store().await;
+    let (a, b) = (msg(1), msg(2));
+    for (m, sid) in [(&a, "SMa"), (&b, "SMb")] {
+        s.begin_attempt(m, NOW).await.unwrap();
+        s.record_outcome(m.id, 1, &sent(sid), NOW + 1)
+            .await
+            .unwrap();
+    }
+    assert_eq!(get(&s, a.id).await.delivery, None);
+    assert_eq!(
+        s.record_receipt("SMa", "delivered", None, NOW + 5)
+            .await
+            .unwrap(),
+        Some(a.id)
+    );
+    assert_eq!(
+        s.record_receipt("SMa", "sent", None, NOW + 6)
+            .await
+            .unwrap(),
+        Some(a.id)
+    );
+    assert_eq!(
+        s.record_receipt("SMb", "undelivered", Some(30003), NOW + 7)
+            .await
+            .unwrap(),
+        Some(b.id)
+    );
+    assert_eq!(
+        s.record_receipt("SMnobody", "delivered", None, NOW)
+            .await
+            .unwrap(),
+        None
+    );
+    let r = get(&s, a.id).await;
+    let statuses: Vec<&str> = r.receipts.iter().map(|x| x.status.as_str()).collect();
+    assert_eq!(statuses, ["delivered", "sent"]);
+    assert_eq!(
+        r.delivery,
+        Some(ReceiptRecord {
+            status: "delivered".into(),
+            error_code: None,
+            received_at: NOW + 5,
+        })
+    );
+    let r = get(&s, b.id).await;
+    assert_eq!(r.delivery.as_ref().map(|d| d.error_code), Some(Some(30003)));
+    assert_eq!(
+        r.status,
+        MessageStatus::Sent,
+        "drover's own status is apart"
+    );
 }
 
 async fn batch_variants_match_single_ones(db: &TestDb) {

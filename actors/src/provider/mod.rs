@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use crate::message::OutboundMessage;
 
 pub mod circuit;
+pub mod receipt;
 pub mod reconcile;
 pub mod simulated;
 pub mod twilio;

@@ -25,6 +25,11 @@ const POSTGRES: &[Embedded] = &[
         "segments_truncation",
         include_str!("../../migrations/postgres/0002_segments_truncation.sql"),
     ),
+    (
+        3,
+        "receipts",
+        include_str!("../../migrations/postgres/0003_receipts.sql"),
+    ),
 ];
 
 /// SQLite migrations, in version order.
@@ -38,6 +43,11 @@ const SQLITE: &[Embedded] = &[
         2,
         "segments_truncation",
         include_str!("../../migrations/sqlite/0002_segments_truncation.sql"),
+    ),
+    (
+        3,
+        "receipts",
+        include_str!("../../migrations/sqlite/0003_receipts.sql"),
     ),
 ];
 

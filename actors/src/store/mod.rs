@@ -52,7 +52,8 @@ use uuid::Uuid;
 pub use config::{StoreConfig, StoreTlsConfig};
 pub use error::StoreError;
 pub use types::{
-    Admission, AttemptOutcome, AttemptRecord, MessageRecord, MessageStatus, OutcomeKind, Uncertain,
+    Admission, AttemptOutcome, AttemptRecord, MessageRecord, MessageStatus, OutcomeKind,
+    ReceiptRecord, Uncertain,
 };
 
 use crate::message::OutboundMessage;
@@ -521,6 +522,25 @@ impl Store {
         let msg = ops::retry(&mut tx, id, now_ms).await?;
         tx.commit().await?;
         Ok(msg)
+    }
+
+    /// Record a delivery receipt (`status`, `error_code`) for the message the provider knows
+    /// as `provider_message_id`, received at `now_ms`: the message's id, or `None` when no
+    /// message has that provider id (a receipt for someone else's message, or one sent before
+    /// drover recorded its sid). Receipts are kept as they come; [`MessageRecord::delivery`]
+    /// is the one that says the most.
+    pub async fn record_receipt(
+        &self,
+        provider_message_id: &str,
+        status: &str,
+        error_code: Option<i64>,
+        now_ms: i64,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let mut tx = self.pool.begin(Mode::Write).await?;
+        let ids =
+            ops::record_receipt(&mut tx, provider_message_id, status, error_code, now_ms).await?;
+        tx.commit().await?;
+        Ok(ids.into_iter().next())
     }
 
     /// A message with its attempt history, if it exists.

@@ -7,7 +7,8 @@ use uuid::Uuid;
 use super::StoreError;
 use super::db::{Arg, Tx, db_row};
 use super::types::{
-    Admission, AttemptOutcome, AttemptRecord, MessageRecord, MessageStatus, OutcomeKind, Uncertain,
+    Admission, AttemptOutcome, AttemptRecord, MessageRecord, MessageStatus, OutcomeKind,
+    ReceiptRecord, Uncertain,
 };
 use crate::message::OutboundMessage;
 
@@ -63,6 +64,22 @@ db_row! {
     struct UncertainRow {
         first_started_at: Option<i64>,
         last_started_at: Option<i64>,
+    }
+}
+
+db_row! {
+    /// A `receipts` row (without the message id).
+    struct ReceiptRow {
+        status: String,
+        error_code: Option<i64>,
+        received_at: i64,
+    }
+}
+
+db_row! {
+    /// The message a receipt was recorded for.
+    struct ReceiptIdRow {
+        message_id: String,
     }
 }
 
@@ -667,6 +684,38 @@ pub(super) async fn retry(
 // ---------------------------------------------------------------------------------------------
 // Reads
 
+const SELECT_RECEIPTS: &str = "\
+SELECT status, error_code, received_at FROM receipts WHERE message_id = $1 ORDER BY seq";
+
+/// A receipt for the message(s) the provider knows as `$1`.
+const RECORD_RECEIPT: &str = "\
+INSERT INTO receipts (message_id, received_at, status, error_code)
+SELECT id, $2, $3, $4 FROM messages WHERE provider_message_id = $1
+RETURNING message_id";
+
+/// Record a delivery receipt for the message the provider knows as `provider_message_id`;
+/// the ids it was recorded for (none for a sid no message has).
+pub(super) async fn record_receipt(
+    tx: &mut Tx,
+    provider_message_id: &str,
+    status: &str,
+    error_code: Option<i64>,
+    now_ms: i64,
+) -> Result<Vec<Uuid>, StoreError> {
+    let rows: Vec<ReceiptIdRow> = tx
+        .fetch_all(
+            RECORD_RECEIPT,
+            &[
+                Text(provider_message_id),
+                Int(now_ms),
+                Text(status),
+                OptInt(error_code),
+            ],
+        )
+        .await?;
+    rows.iter().map(|r| parse_id(&r.message_id)).collect()
+}
+
 const SELECT_ATTEMPTS: &str = "\
 SELECT attempt, started_at, finished_at, outcome, error_class, error, latency_ms, provider_message_id
 FROM attempts WHERE message_id = $1 ORDER BY attempt";
@@ -676,6 +725,16 @@ pub(super) async fn get(tx: &mut Tx, id: Uuid) -> Result<Option<MessageRecord>, 
     let row: Option<MessageRow> = tx.fetch_optional(SELECT_MESSAGE, &[Text(&id_text)]).await?;
     let Some(row) = row else { return Ok(None) };
     let attempts: Vec<AttemptRow> = tx.fetch_all(SELECT_ATTEMPTS, &[Text(&id_text)]).await?;
+    let receipts: Vec<ReceiptRecord> = tx
+        .fetch_all::<ReceiptRow>(SELECT_RECEIPTS, &[Text(&id_text)])
+        .await?
+        .into_iter()
+        .map(|r| ReceiptRecord {
+            status: r.status,
+            error_code: r.error_code,
+            received_at: r.received_at,
+        })
+        .collect();
     let history = attempts
         .into_iter()
         .map(|a| {
@@ -716,7 +775,20 @@ pub(super) async fn get(tx: &mut Tx, id: Uuid) -> Result<Option<MessageRecord>, 
         segments: row.segments.map(|n| n.max(0) as u32),
         body_truncated: row.body_truncated != 0,
         history,
+        delivery: furthest(&receipts).cloned(),
+        receipts,
     }))
+}
+
+/// The receipt that says the most (the highest rank; of equals, the latest): callbacks can
+/// come out of order, and a late `sent` must not undo a `delivered`.
+fn furthest(receipts: &[ReceiptRecord]) -> Option<&ReceiptRecord> {
+    let rank = |r: &ReceiptRecord| crate::provider::receipt::rank(&r.status).unwrap_or(0);
+    receipts
+        .iter()
+        .enumerate()
+        .max_by_key(|(i, r)| (rank(r), *i))
+        .map(|(_, r)| r)
 }
 
 const COUNT_BY_STATUS: &str = "SELECT status, COUNT(*) AS n FROM messages GROUP BY status";

@@ -287,6 +287,22 @@ pub struct MessageRecord {
     pub body_truncated: bool,
     /// Every attempt, oldest first.
     pub history: Vec<AttemptRecord>,
+    /// What the provider last said became of it after accepting it (its furthest delivery
+    /// receipt: a late `sent` after `delivered` does not move it back); `None` before any.
+    pub delivery: Option<ReceiptRecord>,
+    /// Every delivery receipt, as they came.
+    pub receipts: Vec<ReceiptRecord>,
+}
+
+/// One delivery receipt (`receipts` row): the provider's word on a message it accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ReceiptRecord {
+    /// `queued`, `sending`, `sent`, `delivered`, `undelivered`, `failed`, `read`, ...
+    pub status: String,
+    /// The provider's error code (Twilio 30003-30008: carrier failures), if any.
+    pub error_code: Option<i64>,
+    /// When drover received it (Unix ms).
+    pub received_at: i64,
 }
 
 impl MessageRecord {
