@@ -39,7 +39,7 @@ use drover_actors::message::{Envelope, Invalid, parse};
 use drover_actors::pipeline::Pipeline;
 use drover_actors::pipeline::admin::{self, AdminError, Consumption, Intake};
 use drover_actors::pipeline::ops::circuit_level;
-use drover_actors::provider::CircuitState;
+use drover_actors::provider::{CircuitState, ProviderKind, receipt};
 use drover_actors::supervisor::{SupervisorError, SupervisorMessage};
 use drover_actors::tree::{LookupError, NodeStatus, Tree, TreeSnapshot};
 use ractor::ActorRef;
@@ -115,6 +115,7 @@ pub fn router_with_metrics(
         .route("/failed/redrive", post(redrive))
         .route("/consumption/pause", post(pause))
         .route("/consumption/resume", post(resume))
+        .route("/providers/twilio/status", post(twilio_status))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .with_state(AppState {
             tree,
@@ -975,4 +976,76 @@ async fn resume(State(app): State<AppState>, headers: HeaderMap) -> Response {
         Err(r) => return r.into_response(),
     };
     consumption(admin::resume(p).await)
+}
+
+/// `POST /providers/twilio/status`: Twilio's status callback for a message drover sent with
+/// `StatusCallback` (`provider.twilio.status_callback_url`). Authenticated by its
+/// `X-Twilio-Signature` over that configured URL and the form (403 when it does not match),
+/// not by drover's tokens. The receipt is recorded on the message whose provider id it names;
+/// an unknown sid is acknowledged (200) and logged, so Twilio does not keep retrying it.
+#[utoipa::path(post, path = "/providers/twilio/status", tag = "providers",
+    request_body(content_type = "application/x-www-form-urlencoded",
+        description = "Twilio's status callback form: MessageSid, MessageStatus, ErrorCode, ..."),
+    responses(
+        (status = 200, description = "Recorded, or for a sid drover does not know: acknowledged"),
+        (status = 400, description = "Not a status callback (no MessageSid or MessageStatus)", body = crate::responses::ErrorBody),
+        (status = 403, description = "X-Twilio-Signature missing or not Twilio's", body = crate::responses::ErrorBody),
+        (status = 404, description = "Receipts are off (no provider.twilio.status_callback_url)", body = crate::responses::ErrorBody),
+        (status = 503, description = "The store did not answer", body = crate::responses::ErrorBody),
+    ))]
+async fn twilio_status(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(p) = app.pipeline.as_ref() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no delivery pipeline in this process",
+        );
+    };
+    let twilio = &p.config.provider.twilio;
+    let url = match twilio.status_callback_url.as_deref().map(str::trim) {
+        Some(url) if !url.is_empty() && p.config.provider.kind == ProviderKind::Twilio => url,
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "receipts are off: provider.twilio.status_callback_url is not set",
+            );
+        }
+    };
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(&body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let signature = headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !receipt::twilio_signature_matches(&twilio.auth_token, url, &params, signature) {
+        tracing::warn!("status callback refused: X-Twilio-Signature missing or not Twilio's");
+        return error(
+            StatusCode::FORBIDDEN,
+            "X-Twilio-Signature missing or not Twilio's",
+        );
+    }
+    let receipt = match receipt::parse_twilio_callback(&params) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("not a status callback: {e}"),
+            );
+        }
+    };
+    match admin::record_receipt(p, &receipt).await {
+        Ok(found) => {
+            p.ops.metrics.delivery(&receipt.status).increment(1);
+            match found {
+                Some(id) => {
+                    tracing::info!(%id, provider_message_id = %receipt.provider_message_id, status = %receipt.status, error_code = ?receipt.error_code, "delivery receipt")
+                }
+                None => {
+                    tracing::warn!(provider_message_id = %receipt.provider_message_id, status = %receipt.status, "delivery receipt for a message drover does not know; acknowledged")
+                }
+            }
+            StatusCode::OK.into_response()
+        }
+        Err(e) => admin_error(&e),
+    }
 }

@@ -6,7 +6,9 @@
 //! The bodies' shapes live in [`crate::responses`]; CI runs schemathesis against the running
 //! binary with this description (`tests/run.sh`), so a handler that drifts from it fails there.
 
-use drover_actors::store::{AttemptRecord, MessageRecord, MessageStatus, OutcomeKind};
+use drover_actors::store::{
+    AttemptRecord, MessageRecord, MessageStatus, OutcomeKind, ReceiptRecord,
+};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -71,11 +73,12 @@ impl Modify for SecuritySchemes {
         crate::http::redrive,
         crate::http::pause,
         crate::http::resume,
+        crate::http::twilio_status,
     ),
     components(schemas(
         SubmitMessage, Accepted, Duplicate, ErrorBody, Killed, Terminated, Restarted, Retried,
         RedriveDryRun, Redriving,
-        Consumption, MessageRecord, AttemptRecord, MessageStatus, OutcomeKind
+        Consumption, MessageRecord, AttemptRecord, ReceiptRecord, MessageStatus, OutcomeKind
     )),
     modifiers(&SecuritySchemes),
 )]
@@ -112,6 +115,7 @@ mod tests {
             "/failed/redrive",
             "/consumption/pause",
             "/consumption/resume",
+            "/providers/twilio/status",
         ] {
             assert!(paths.contains_key(p), "{p} missing from the description");
         }

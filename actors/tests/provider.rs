@@ -62,6 +62,7 @@ fn twilio_config(base_url: &str, from: Option<&str>) -> ProviderConfig {
             auth_token: TOKEN.into(),
             from: from.map(Into::into),
             messaging_service_sid: Some(SERVICE.into()),
+            status_callback_url: None,
         },
         ..ProviderConfig::default()
     }
@@ -1224,4 +1225,30 @@ async fn only_twilio_is_asked() {
         webhook.reconcile(&msg(None), window).await,
         Reconciliation::Unsupported
     );
+}
+
+/// With receipts on, every send names the callback as `StatusCallback`, a field of the
+/// contract's `CreateMessageRequest`.
+#[test]
+fn the_status_callback_goes_with_every_send() {
+    let mut config = twilio_config("http://127.0.0.1:1", None);
+    config.twilio.status_callback_url =
+        Some("https://sms.example.com/providers/twilio/status".into());
+    let client = drover_actors::provider::TwilioClient::new(&config.twilio, config.timeout())
+        .expect("valid configuration");
+    let form: Vec<(String, String)> = client
+        .form(&msg(None), 1)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    assert_form_matches_contract(&spec(), &form);
+    assert_eq!(
+        form.last(),
+        Some(&(
+            "StatusCallback".to_string(),
+            "https://sms.example.com/providers/twilio/status".to_string()
+        ))
+    );
+    config.twilio.status_callback_url = Some("ftp://nope".into());
+    assert!(drover_actors::provider::TwilioClient::new(&config.twilio, config.timeout()).is_err());
 }

@@ -216,6 +216,7 @@ pub(crate) fn provider_config(addr: SocketAddr) -> ProviderConfig {
             auth_token: AUTH_TOKEN.into(),
             from: Some(FROM.into()),
             messaging_service_sid: None,
+            status_callback_url: None,
         },
         ..ProviderConfig::default()
     }

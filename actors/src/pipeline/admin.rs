@@ -105,6 +105,23 @@ pub async fn submit(
     Ok(Intake::Accepted)
 }
 
+/// Record a delivery receipt: the id of the message it is for, `None` for an unknown sid.
+pub async fn record_receipt(
+    p: &Pipeline,
+    receipt: &crate::provider::receipt::Receipt,
+) -> Result<Option<Uuid>, AdminError> {
+    let store = store_of(p).await.map_err(|e| unavailable("the store", e))?;
+    store
+        .record_receipt(
+            &receipt.provider_message_id,
+            &receipt.status,
+            receipt.error_code,
+            p.clock.now_ms(),
+        )
+        .await
+        .map_err(|e| unavailable("receipt not recorded", e))
+}
+
 /// A message's stored record, if there is one.
 pub async fn find(p: &Pipeline, id: Uuid) -> Result<Option<MessageRecord>, AdminError> {
     stored(p, id, ADMIN_TIMEOUT).await

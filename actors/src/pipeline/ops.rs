@@ -36,6 +36,22 @@ pub const PUBLISHED_TOTAL: &str = "drover_published_total";
 pub const CONSUMED_TOTAL: &str = "drover_consumed_total";
 /// Lookups of an earlier attempt's fate at the provider, by `result`.
 pub const RECONCILED_TOTAL: &str = "drover_reconciled_total";
+/// Delivery receipts received, by the provider's `status`.
+pub const DELIVERY_TOTAL: &str = "drover_delivery_total";
+/// The `status` labels of [`DELIVERY_TOTAL`]: the receipt statuses, then `other`.
+const DELIVERY_STATUSES: [&str; 11] = [
+    "accepted",
+    "scheduled",
+    "queued",
+    "sending",
+    "sent",
+    "delivered",
+    "undelivered",
+    "failed",
+    "read",
+    "canceled",
+    "other",
+];
 /// The `result` labels of [`RECONCILED_TOTAL`], in [`PipelineMetrics::reconciled`]'s order.
 const RECONCILED_RESULTS: [&str; 4] = ["found", "not_found", "unsupported", "failed"];
 
@@ -61,6 +77,7 @@ pub struct PipelineMetrics {
     /// Deliveries taken from the work queue.
     pub consumed: Counter,
     reconciled: [Counter; 4],
+    delivery: [Counter; 11],
 }
 
 impl Default for PipelineMetrics {
@@ -83,6 +100,7 @@ impl Default for PipelineMetrics {
                 Counter::noop(),
                 Counter::noop(),
             ],
+            delivery: std::array::from_fn(|_| Counter::noop()),
         }
     }
 }
@@ -118,6 +136,11 @@ impl PipelineMetrics {
             Unit::Count,
             "Lookups at the provider of an earlier attempt whose fate was unknown, by result"
         );
+        metrics::describe_counter!(
+            DELIVERY_TOTAL,
+            Unit::Count,
+            "Delivery receipts from the provider, by its status"
+        );
         let outcome = |o: &'static str| metrics::counter!(MESSAGES_TOTAL, "outcome" => o);
         let published = |r: Route| metrics::counter!(PUBLISHED_TOTAL, "route" => r.to_string());
         let m = PipelineMetrics {
@@ -133,6 +156,7 @@ impl PipelineMetrics {
             consumed: metrics::counter!(CONSUMED_TOTAL),
             reconciled: RECONCILED_RESULTS
                 .map(|r| metrics::counter!(RECONCILED_TOTAL, "result" => r)),
+            delivery: DELIVERY_STATUSES.map(|s| metrics::counter!(DELIVERY_TOTAL, "status" => s)),
         };
         // Make every series visible at 0 before the first event.
         for c in [
@@ -148,6 +172,7 @@ impl PipelineMetrics {
         .into_iter()
         .chain(m.published.iter())
         .chain(m.reconciled.iter())
+        .chain(m.delivery.iter())
         {
             c.increment(0);
         }
@@ -163,6 +188,15 @@ impl PipelineMetrics {
             .position(|r| *r == result)
             .unwrap_or(RECONCILED_RESULTS.len() - 1);
         &self.reconciled[i]
+    }
+
+    /// The counter of receipts with `status` (`other` for a word not in the list).
+    pub fn delivery(&self, status: &str) -> &Counter {
+        let i = DELIVERY_STATUSES
+            .iter()
+            .position(|s| *s == status)
+            .unwrap_or(DELIVERY_STATUSES.len() - 1);
+        &self.delivery[i]
     }
 
     /// The counter of an attempt's recorded outcome.

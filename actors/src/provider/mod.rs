@@ -580,7 +580,7 @@ pub const CORRELATION_HEADER: &str = "X-Correlation-Id";
 #[derive(Debug, Clone)]
 pub enum Provider {
     /// Twilio's Messages API.
-    Twilio(TwilioClient),
+    Twilio(Box<TwilioClient>),
     /// A JSON POST to a URL of your own.
     Webhook(WebhookClient),
     /// Seeded random outcomes, no network.
@@ -591,9 +591,10 @@ impl Provider {
     /// Build the provider that `config.kind` names, validating its section.
     pub fn from_config(config: &ProviderConfig) -> Result<Provider, ProviderError> {
         Ok(match config.kind {
-            ProviderKind::Twilio => {
-                Provider::Twilio(TwilioClient::new(&config.twilio, config.timeout())?)
-            }
+            ProviderKind::Twilio => Provider::Twilio(Box::new(TwilioClient::new(
+                &config.twilio,
+                config.timeout(),
+            )?)),
             ProviderKind::Webhook => {
                 Provider::Webhook(WebhookClient::new(&config.webhook, config.timeout())?)
             }

@@ -53,6 +53,11 @@ pub struct TwilioConfig {
     /// Messaging service (`MG` + 32 hex digits) used as `MessagingServiceSid` when neither
     /// the message nor `from` gives a sender. One of the two is required.
     pub messaging_service_sid: Option<String>,
+    /// Delivery receipts: the public URL at which Twilio reaches drover's
+    /// `POST /providers/twilio/status` (e.g. `https://sms.example.com/providers/twilio/status`).
+    /// Set, every send carries it as `StatusCallback` and callbacks are verified against it
+    /// (Twilio signs the URL it called). Unset: no receipts.
+    pub status_callback_url: Option<String>,
 }
 
 impl Default for TwilioConfig {
@@ -63,6 +68,7 @@ impl Default for TwilioConfig {
             auth_token: String::new(),
             from: None,
             messaging_service_sid: None,
+            status_callback_url: None,
         }
     }
 }
@@ -75,6 +81,7 @@ impl std::fmt::Debug for TwilioConfig {
             .field("auth_token", &redacted(&self.auth_token))
             .field("from", &self.from)
             .field("messaging_service_sid", &self.messaging_service_sid)
+            .field("status_callback_url", &self.status_callback_url)
             .finish()
     }
 }
@@ -183,6 +190,7 @@ pub struct TwilioClient {
     auth_token: Secret,
     from: Option<String>,
     messaging_service_sid: Option<String>,
+    status_callback: Option<String>,
 }
 
 fn non_empty(s: &Option<String>) -> Option<String> {
@@ -224,6 +232,17 @@ impl TwilioClient {
                 redact_url(&base)
             )));
         }
+        let status_callback = non_empty(&config.status_callback_url);
+        if let Some(cb) = &status_callback {
+            match Url::parse(cb) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => {
+                    return Err(invalid(format!(
+                        "provider.twilio.status_callback_url must be an http(s) URL, not {cb:?}"
+                    )));
+                }
+            }
+        }
         let root = base.as_str().trim_end_matches('/');
         let url = |path: String| {
             Url::parse(&format!("{root}{path}"))
@@ -238,6 +257,7 @@ impl TwilioClient {
             auth_token: Secret::new(config.auth_token.as_str()),
             from,
             messaging_service_sid,
+            status_callback,
         })
     }
 
@@ -265,18 +285,22 @@ impl TwilioClient {
     }
 
     /// The form fields of a send, in order: `To`, `From` or `MessagingServiceSid`, `Body`,
-    /// `Attempt`.
+    /// `Attempt`, and `StatusCallback` when receipts are on.
     pub fn form(&self, msg: &OutboundMessage, attempt: u32) -> Vec<(&'static str, String)> {
         let sender = match self.sender(msg) {
             Sender::From { number, .. } => ("From", number.to_string()),
             Sender::Service(sid) => ("MessagingServiceSid", sid.to_string()),
         };
-        vec![
+        let mut form = vec![
             ("To", msg.to.clone()),
             sender,
             ("Body", msg.body.clone()),
             ("Attempt", attempt.max(1).to_string()),
-        ]
+        ];
+        if let Some(cb) = &self.status_callback {
+            form.push(("StatusCallback", cb.clone()));
+        }
+        form
     }
 
     /// Send one message (see the module documentation for the request).
@@ -448,6 +472,7 @@ mod tests {
             auth_token: "tok".into(),
             from: None,
             messaging_service_sid: Some("MG0123456789abcdef0123456789abcdef".into()),
+            status_callback_url: None,
         }
     }
 

@@ -1,0 +1,127 @@
+//! Delivery receipts end to end: drover (in-process) on RabbitMQ and PostgreSQL sends through
+//! the mock Twilio with `StatusCallback`, then Twilio's status callbacks arrive at
+//! `POST /providers/twilio/status`, signed as Twilio signs them (or not): a good signature is
+//! recorded on the message, a bad or missing one is refused (403), callbacks out of order
+//! never move the delivery status back, an unknown sid is acknowledged.
+
+mod support;
+
+use std::time::Duration;
+
+use drover_actors::provider::receipt::twilio_signature;
+use drover_actors::store::MessageStatus;
+use support::{ACCOUNT_SID, AUTH_TOKEN, TestEnv, recipient, wait_status};
+use uuid::Uuid;
+
+/// The public URL Twilio is told to call (and signs); the test posts to the local address.
+const CALLBACK_URL: &str = "https://sms.example.com/providers/twilio/status";
+
+fn form(sid: &str, status: &str, error_code: Option<&str>) -> Vec<(String, String)> {
+    let mut f = vec![
+        ("AccountSid".to_string(), ACCOUNT_SID.to_string()),
+        ("ApiVersion".to_string(), "2010-04-01".to_string()),
+        ("MessageSid".to_string(), sid.to_string()),
+        ("MessageStatus".to_string(), status.to_string()),
+        ("SmsSid".to_string(), sid.to_string()),
+        ("SmsStatus".to_string(), status.to_string()),
+    ];
+    if let Some(code) = error_code {
+        f.push(("ErrorCode".to_string(), code.to_string()));
+    }
+    f
+}
+
+async fn post(
+    http: &reqwest::Client,
+    base: &str,
+    form: &[(String, String)],
+    signature: Option<&str>,
+) -> u16 {
+    let mut req = http
+        .post(format!("{base}/providers/twilio/status"))
+        .form(form);
+    if let Some(sig) = signature {
+        req = req.header("X-Twilio-Signature", sig);
+    }
+    req.send()
+        .await
+        .expect("the callback reaches drover")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_callbacks_are_verified_and_recorded() {
+    let mut env = TestEnv::new().await;
+    env.config.provider.twilio.status_callback_url = Some(CALLBACK_URL.into());
+    let app = env.start().await;
+    let store = env.store().await;
+    let publisher = env.publisher().await;
+    let id = Uuid::new_v4();
+    publisher
+        .publish_sms(id, &recipient(1), "receipt please", "corr-receipt")
+        .await;
+    let rec = wait_status(&store, id, MessageStatus::Sent, Duration::from_secs(30)).await;
+    let sid = rec.provider_message_id.clone().expect("a sid");
+    assert_eq!(rec.delivery, None);
+
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let base = format!("http://{}", app.addr);
+    let signed = |f: &[(String, String)]| twilio_signature(AUTH_TOKEN, CALLBACK_URL, f);
+
+    // Delivered first, then a late "sent": the delivery stays delivered, both are kept.
+    let delivered = form(&sid, "delivered", None);
+    assert_eq!(
+        post(&http, &base, &delivered, Some(&signed(&delivered))).await,
+        200
+    );
+    let late = form(&sid, "sent", None);
+    assert_eq!(post(&http, &base, &late, Some(&signed(&late))).await, 200);
+    // Refused: no signature, a signature of other content, one over another URL.
+    let forged = form(&sid, "undelivered", Some("30003"));
+    assert_eq!(post(&http, &base, &forged, None).await, 403);
+    assert_eq!(post(&http, &base, &forged, Some(&signed(&late))).await, 403);
+    let elsewhere = twilio_signature(AUTH_TOKEN, "https://attacker.example/", &forged);
+    assert_eq!(post(&http, &base, &forged, Some(&elsewhere)).await, 403);
+    // An unknown sid: acknowledged. Not a status callback: 400.
+    let unknown = form("SMnobodyknows", "delivered", None);
+    assert_eq!(
+        post(&http, &base, &unknown, Some(&signed(&unknown))).await,
+        200
+    );
+    let junk = vec![("MessageSid".to_string(), sid.clone())];
+    assert_eq!(post(&http, &base, &junk, Some(&signed(&junk))).await, 400);
+
+    let rec = store.get(id).await.unwrap().unwrap();
+    let statuses: Vec<&str> = rec.receipts.iter().map(|r| r.status.as_str()).collect();
+    assert_eq!(statuses, ["delivered", "sent"], "{:?}", rec.receipts);
+    assert_eq!(
+        rec.delivery.as_ref().map(|d| d.status.as_str()),
+        Some("delivered")
+    );
+    assert_eq!(rec.status, MessageStatus::Sent);
+    let body = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("drover_delivery_total{status=\"delivered\"} 2")),
+        "delivered twice (one for the unknown sid): {}",
+        body.lines()
+            .filter(|l| l.starts_with("drover_delivery_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    app.shutdown().await.expect("clean shutdown");
+    publisher.close().await;
+    store.close().await;
+    env.cleanup().await;
+}
