@@ -1231,6 +1231,16 @@ async fn receipts_keep_what_says_the_most(db: &TestDb) {
     );
     let r = get(&s, b.id).await;
     assert_eq!(r.delivery.as_ref().map(|d| d.error_code), Some(Some(30003)));
+    // A provider id is another message's, or not.
+    assert_eq!(
+        s.other_with_provider_id("SMa", b.id).await.unwrap(),
+        Some(a.id)
+    );
+    assert_eq!(s.other_with_provider_id("SMa", a.id).await.unwrap(), None);
+    assert_eq!(
+        s.other_with_provider_id("SMnobody", a.id).await.unwrap(),
+        None
+    );
     assert_eq!(
         r.status,
         MessageStatus::Sent,

@@ -384,6 +384,20 @@ async fn reconciled(
         Reconciliation::Found {
             provider_message_id,
         } => {
+            let other = store
+                .other_with_provider_id(&provider_message_id, msg.id)
+                .await
+                .map_err(|e| suspect(p, e))?;
+            if let Some(other) = other {
+                // Another message with the same recipient and text went out in the same
+                // window: what was found is that one. Send this one.
+                tracing::warn!(
+                    %provider_message_id,
+                    %other,
+                    "the message found at the provider is another one's: sending"
+                );
+                return Ok(false);
+            }
             tracing::info!(
                 %provider_message_id,
                 "an earlier attempt reached the provider: recorded sent, not sent again"

@@ -543,6 +543,19 @@ impl Store {
         Ok(ids.into_iter().next())
     }
 
+    /// The message other than `id` already recorded with `provider_message_id`, if any: a
+    /// provider id found by a lookup that belongs to another message is not this one's.
+    pub async fn other_with_provider_id(
+        &self,
+        provider_message_id: &str,
+        id: Uuid,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let mut tx = self.pool.begin(Mode::Read).await?;
+        let other = ops::other_with_provider_id(&mut tx, provider_message_id, id).await?;
+        tx.commit().await?;
+        Ok(other)
+    }
+
     /// A message with its attempt history, if it exists.
     pub async fn get(&self, id: Uuid) -> Result<Option<MessageRecord>, StoreError> {
         let mut tx = self.pool.begin(Mode::Read).await?;

@@ -716,6 +716,32 @@ pub(super) async fn record_receipt(
     rows.iter().map(|r| parse_id(&r.message_id)).collect()
 }
 
+db_row! {
+    /// Another message with a given provider id.
+    struct OtherIdRow {
+        id: String,
+    }
+}
+
+/// A message other than `$2` that the provider knows as `$1` (indexed since migration 0003).
+const OTHER_WITH_PROVIDER_ID: &str = "\
+SELECT id FROM messages WHERE provider_message_id = $1 AND id <> $2 LIMIT 1";
+
+/// A message other than `id` that already has `provider_message_id`, if any.
+pub(super) async fn other_with_provider_id(
+    tx: &mut Tx,
+    provider_message_id: &str,
+    id: Uuid,
+) -> Result<Option<Uuid>, StoreError> {
+    let row: Option<OtherIdRow> = tx
+        .fetch_optional(
+            OTHER_WITH_PROVIDER_ID,
+            &[Text(provider_message_id), Text(&id.to_string())],
+        )
+        .await?;
+    row.map(|r| parse_id(&r.id)).transpose()
+}
+
 const SELECT_ATTEMPTS: &str = "\
 SELECT attempt, started_at, finished_at, outcome, error_class, error, latency_ms, provider_message_id
 FROM attempts WHERE message_id = $1 ORDER BY attempt";
