@@ -38,22 +38,28 @@ pub const CONSUMED_TOTAL: &str = "drover_consumed_total";
 pub const RECONCILED_TOTAL: &str = "drover_reconciled_total";
 /// Delivery receipts received, by the provider's `status`.
 pub const DELIVERY_TOTAL: &str = "drover_delivery_total";
-/// The `status` labels of [`DELIVERY_TOTAL`]: the receipt statuses, then `other`.
-const DELIVERY_STATUSES: [&str; 11] = [
-    "accepted",
-    "scheduled",
-    "queued",
-    "sending",
-    "sent",
-    "delivered",
-    "undelivered",
-    "failed",
-    "read",
-    "canceled",
-    "other",
-];
-/// The `result` labels of [`RECONCILED_TOTAL`], in [`PipelineMetrics::reconciled`]'s order.
-const RECONCILED_RESULTS: [&str; 4] = ["found", "not_found", "unsupported", "failed"];
+/// The `status` labels of [`DELIVERY_TOTAL`]: the receipt statuses, then this one for any
+/// other word.
+const OTHER_STATUS: &str = "other";
+
+fn delivery_statuses() -> impl Iterator<Item = &'static str> {
+    crate::provider::receipt::STATUSES
+        .iter()
+        .map(|(s, _)| *s)
+        .chain([OTHER_STATUS])
+}
+
+/// The counter of `label` among `labels` (the last, the catch-all, for any other word).
+fn labelled<'a>(
+    counters: &'a [Counter],
+    mut labels: impl Iterator<Item = &'static str>,
+    label: &str,
+) -> &'a Counter {
+    let i = labels
+        .position(|l| l == label)
+        .unwrap_or(counters.len() - 1);
+    &counters[i]
+}
 
 /// Bucket bounds of [`PROVIDER_LATENCY_SECONDS`].
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -77,7 +83,8 @@ pub struct PipelineMetrics {
     /// Deliveries taken from the work queue.
     pub consumed: Counter,
     reconciled: [Counter; 4],
-    delivery: [Counter; 11],
+    /// One per [`delivery_statuses`].
+    delivery: Vec<Counter>,
 }
 
 impl Default for PipelineMetrics {
@@ -100,7 +107,7 @@ impl Default for PipelineMetrics {
                 Counter::noop(),
                 Counter::noop(),
             ],
-            delivery: std::array::from_fn(|_| Counter::noop()),
+            delivery: delivery_statuses().map(|_| Counter::noop()).collect(),
         }
     }
 }
@@ -154,9 +161,11 @@ impl PipelineMetrics {
             provider_latency: metrics::histogram!(PROVIDER_LATENCY_SECONDS),
             published: Route::ALL.map(published),
             consumed: metrics::counter!(CONSUMED_TOTAL),
-            reconciled: RECONCILED_RESULTS
+            reconciled: crate::provider::reconcile::RESULTS
                 .map(|r| metrics::counter!(RECONCILED_TOTAL, "result" => r)),
-            delivery: DELIVERY_STATUSES.map(|s| metrics::counter!(DELIVERY_TOTAL, "status" => s)),
+            delivery: delivery_statuses()
+                .map(|s| metrics::counter!(DELIVERY_TOTAL, "status" => s))
+                .collect(),
         };
         // Make every series visible at 0 before the first event.
         for c in [
@@ -183,20 +192,13 @@ impl PipelineMetrics {
     ///
     /// [`Reconciliation::label`]: crate::provider::Reconciliation::label
     pub fn reconciled(&self, result: &str) -> &Counter {
-        let i = RECONCILED_RESULTS
-            .iter()
-            .position(|r| *r == result)
-            .unwrap_or(RECONCILED_RESULTS.len() - 1);
-        &self.reconciled[i]
+        let results = crate::provider::reconcile::RESULTS.into_iter();
+        labelled(&self.reconciled, results, result)
     }
 
     /// The counter of receipts with `status` (`other` for a word not in the list).
     pub fn delivery(&self, status: &str) -> &Counter {
-        let i = DELIVERY_STATUSES
-            .iter()
-            .position(|s| *s == status)
-            .unwrap_or(DELIVERY_STATUSES.len() - 1);
-        &self.delivery[i]
+        labelled(&self.delivery, delivery_statuses(), status)
     }
 
     /// The counter of an attempt's recorded outcome.

@@ -642,7 +642,7 @@ impl Provider {
             Provider::Twilio(c) => c.find(msg, window).await,
             Provider::Webhook(_) | Provider::Simulated(_) => Reconciliation::Unsupported,
         };
-        tracing::info!(
+        tracing::debug!(
             provider = %self.kind(),
             message_id = %msg.id,
             correlation_id = %msg.correlation_id,

@@ -34,15 +34,18 @@ pub enum Reconciliation {
     Failed(String),
 }
 
+/// The `result` labels of `drover_reconciled_total`, one per [`Reconciliation`] variant.
+pub const RESULTS: [&str; 4] = ["found", "not_found", "unsupported", "failed"];
+
 impl Reconciliation {
-    /// The `result` label of `drover_reconciled_total`.
+    /// The `result` label of `drover_reconciled_total` (one of [`RESULTS`]).
     pub fn label(&self) -> &'static str {
-        match self {
-            Reconciliation::Found { .. } => "found",
-            Reconciliation::NotFound => "not_found",
-            Reconciliation::Unsupported => "unsupported",
-            Reconciliation::Failed(_) => "failed",
-        }
+        RESULTS[match self {
+            Reconciliation::Found { .. } => 0,
+            Reconciliation::NotFound => 1,
+            Reconciliation::Unsupported => 2,
+            Reconciliation::Failed(_) => 3,
+        }]
     }
 }
 

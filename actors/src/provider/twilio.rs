@@ -261,6 +261,14 @@ impl TwilioClient {
         })
     }
 
+    /// A request to Twilio with the account's basic auth, asking for JSON.
+    fn request(&self, method: reqwest::Method, url: Url) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, url)
+            .basic_auth(&self.account_sid, Some(self.auth_token.expose()))
+            .header(ACCEPT, "application/json")
+    }
+
     /// Where messages are posted: `{base_url}/2010-04-01/Accounts/{sid}/Messages.json`.
     pub fn messages_url(&self) -> &Url {
         &self.messages_url
@@ -307,10 +315,7 @@ impl TwilioClient {
     pub async fn send(&self, msg: &OutboundMessage, attempt: u32) -> SendOutcome {
         let sender = self.sender(msg);
         let result = self
-            .http
-            .post(self.messages_url.clone())
-            .basic_auth(&self.account_sid, Some(self.auth_token.expose()))
-            .header(ACCEPT, "application/json")
+            .request(reqwest::Method::POST, self.messages_url.clone())
             .header(CORRELATION_HEADER, header_text(&msg.correlation_id))
             .header(IDEMPOTENCY_HEADER, msg.id.to_string())
             .form(&self.form(msg, attempt))
@@ -377,10 +382,7 @@ impl TwilioClient {
         }
         for _ in 0..LOOKUP_PAGES {
             let answer = self
-                .http
-                .get(url.clone())
-                .basic_auth(&self.account_sid, Some(self.auth_token.expose()))
-                .header(ACCEPT, "application/json")
+                .request(reqwest::Method::GET, url.clone())
                 .header(CORRELATION_HEADER, header_text(&msg.correlation_id))
                 .send()
                 .await;
@@ -430,10 +432,7 @@ impl TwilioClient {
     pub async fn check(&self) -> Result<(), ProviderError> {
         let url = redact_url(&self.account_url);
         let resp = self
-            .http
-            .get(self.account_url.clone())
-            .basic_auth(&self.account_sid, Some(self.auth_token.expose()))
-            .header(ACCEPT, "application/json")
+            .request(reqwest::Method::GET, self.account_url.clone())
             .send()
             .await
             .map_err(|e| ProviderError::Unreachable {

@@ -152,17 +152,19 @@ async fn execute_begins(store: &Store, ops: Vec<BeginOp>) {
         return;
     }
     let now = ops.iter().map(|(_, n, _)| *n).max().unwrap_or_default();
-    let msgs: Vec<OutboundMessage> = ops.iter().map(|(m, _, _)| m.clone()).collect();
+    // The messages move out of the ops (no copy per message on this hot path).
+    let (msgs, rest): (Vec<OutboundMessage>, Vec<_>) =
+        ops.into_iter().map(|(m, n, r)| (m, (n, r))).unzip();
     let (admissions, failed) = store.begin_batch(&msgs, now).await;
-    if let (Some(e), [_]) = (failed, ops.as_slice()) {
+    if let (Some(e), [_]) = (failed, rest.as_slice()) {
         // A batch of one: its error is its caller's own.
-        if let Some((_, _, reply)) = ops.into_iter().next() {
+        if let Some((_, reply)) = rest.into_iter().next() {
             let _ = reply.send(Err(e));
         }
         return;
     }
     let mut undecided = Vec::new();
-    for ((msg, now, reply), a) in ops.into_iter().zip(admissions) {
+    for ((msg, (now, reply)), a) in msgs.into_iter().zip(rest).zip(admissions) {
         match a {
             Some(a) => {
                 let _ = reply.send(Ok(a));
@@ -185,24 +187,24 @@ async fn execute_records(store: &Store, ops: Vec<RecordOp>) {
         .map(|(_, _, _, n, _)| *n)
         .max()
         .unwrap_or_default();
-    let batch: Vec<(Uuid, u32, AttemptOutcome)> = ops
-        .iter()
-        .map(|(id, a, o, _, _)| (*id, *a, o.clone()))
-        .collect();
+    let (batch, rest): (Vec<(Uuid, u32, AttemptOutcome)>, Vec<_>) = ops
+        .into_iter()
+        .map(|(id, a, o, n, r)| ((id, a, o), (n, r)))
+        .unzip();
     let (done, failed) = store.record_batch(&batch, now).await;
-    if let (Some(e), [_]) = (failed, ops.as_slice()) {
+    if let (Some(e), [_]) = (failed, rest.as_slice()) {
         // A batch of one: its error is its caller's own.
-        if let Some((.., reply)) = ops.into_iter().next() {
+        if let Some((_, reply)) = rest.into_iter().next() {
             let _ = reply.send(Err(e));
         }
         return;
     }
-    for ((id, attempt, outcome, now, reply), done) in ops.into_iter().zip(done) {
+    for (((id, attempt, outcome), (now, reply)), done) in batch.iter().zip(rest).zip(done) {
         let result = if done {
             Ok(())
         } else {
             store
-                .record_outcome_direct(id, attempt, &outcome, now)
+                .record_outcome_direct(*id, *attempt, outcome, now)
                 .await
         };
         let _ = reply.send(result);
