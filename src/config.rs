@@ -8,6 +8,8 @@ use drover_actors::broker::BrokerConfig;
 use drover_actors::demo::DemoConfig;
 use drover_actors::message::MessageConfig;
 use drover_actors::pipeline::alerts::AlertConfig;
+use drover_actors::pipeline::canary::CanaryConfig;
+use drover_actors::pipeline::delivery_rate::DeliveryRateConfig;
 use drover_actors::pipeline::{DeliveryConfig, PipelineConfig, SchedulerConfig};
 use drover_actors::provider::ProviderConfig;
 use drover_actors::redact::redact_url;
@@ -55,6 +57,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub scheduler: SchedulerConfig,
     pub alerts: AlertConfig,
+    pub delivery_rate: DeliveryRateConfig,
+    pub canary: CanaryConfig,
     pub demo: DemoConfig,
 }
 
@@ -98,6 +102,8 @@ impl Config {
             delivery: self.delivery.clone(),
             scheduler: self.scheduler.clone(),
             alerts: self.alerts.clone(),
+            delivery_rate: self.delivery_rate.clone(),
+            canary: self.canary.clone(),
             queue_sample_ms: self.http.queue_sample_ms,
         }
     }
@@ -123,6 +129,7 @@ impl Config {
         crate::access::protected_mode(self.http.addr, &self.api, &self.admin)
             .map_err(ConfigError::Invalid)?;
         self.message.validate().map_err(ConfigError::Invalid)?;
+        self.canary.validate().map_err(ConfigError::Invalid)?;
         if self.pipeline.enabled {
             // Mistakes in the dependencies' settings are configuration errors (exit 2, the
             // key named), not dependencies unavailable at start (exit 3).

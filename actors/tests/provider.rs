@@ -16,10 +16,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use drover_actors::message::OutboundMessage;
+use drover_actors::provider::receipt::Receipt;
 use drover_actors::provider::{
-    AttemptWindow, CircuitBreaker, CircuitConfig, CircuitState, Permit, Provider, ProviderConfig,
-    ProviderError, ProviderKind, Reconciliation, SendOutcome, SimulatedConfig, SimulatedProvider,
-    Transition, TwilioConfig, WebhookConfig,
+    AttemptWindow, CircuitBreaker, CircuitConfig, CircuitState, Fetched, Permit, Provider,
+    ProviderConfig, ProviderError, ProviderKind, Reconciliation, SendOutcome, SimulatedConfig,
+    SimulatedProvider, Transition, TwilioConfig, WebhookConfig,
 };
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -1251,4 +1252,79 @@ fn the_status_callback_goes_with_every_send() {
     );
     config.twilio.status_callback_url = Some("ftp://nope".into());
     assert!(drover_actors::provider::TwilioClient::new(&config.twilio, config.timeout()).is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Twilio FetchMessage (one message's current status)
+// ---------------------------------------------------------------------------------------------
+
+/// The contract's `FetchMessage` operation: its path template and method.
+fn fetch_operation() -> Value {
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/twilio/messages.openapi.json");
+    let spec: Value = serde_json::from_slice(&std::fs::read(&file).expect("vendored contract"))
+        .expect("the contract is JSON");
+    let op = spec["paths"]["/2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json"]["get"].clone();
+    assert_eq!(op["operationId"], "FetchMessage");
+    op
+}
+
+#[tokio::test]
+async fn twilio_fetch_reads_the_status_at_the_contract_path() {
+    let op = fetch_operation();
+    let in_path: BTreeSet<String> = op["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .filter(|p| p["in"] == "path")
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        in_path,
+        BTreeSet::from(["AccountSid".to_string(), "Sid".to_string()])
+    );
+    let server = MockServer::start().await;
+    let fetch_path = format!("/2010-04-01/Accounts/{SID}/Messages/{MESSAGE_SID}.json");
+    let m = msg(None);
+    let mut resource = listed(MESSAGE_SID, &m, &m.body, "Fri, 04 Dec 2026 10:00:02 +0000");
+    resource["status"] = json!("undelivered");
+    resource["error_code"] = json!(30003);
+    Mock::given(method("GET"))
+        .and(path(fetch_path.as_str()))
+        .and(basic_auth(SID, TOKEN))
+        .respond_with(ResponseTemplate::new(200).set_body_json(resource))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!(
+            "/2010-04-01/Accounts/{SID}/Messages/SMunknown.json"
+        )))
+        .respond_with(ResponseTemplate::new(404).set_body_json(json!({
+            "code": 20404, "message": "not found", "status": 404
+        })))
+        .mount(&server)
+        .await;
+    let p = twilio(&server.uri(), None);
+    assert_eq!(
+        p.fetch(MESSAGE_SID).await,
+        Fetched::Known(Receipt {
+            provider_message_id: MESSAGE_SID.into(),
+            status: "undelivered".into(),
+            error_code: Some(30003),
+        })
+    );
+    assert_eq!(p.fetch("SMunknown").await, Fetched::NotFound);
+    // A stored value that is not a sid never becomes a path.
+    assert!(matches!(p.fetch("../../x").await, Fetched::Failed(_)));
+    assert!(matches!(p.fetch("").await, Fetched::Failed(_)));
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 2, "the bad sids made no request");
+    // Nobody listening, and providers that cannot be asked.
+    assert!(matches!(
+        twilio("http://127.0.0.1:1", None).fetch(MESSAGE_SID).await,
+        Fetched::Failed(_)
+    ));
+    let simulated = Provider::from_config(&ProviderConfig::default()).unwrap();
+    assert_eq!(simulated.fetch(MESSAGE_SID).await, Fetched::Unsupported);
 }

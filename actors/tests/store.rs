@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use drover_actors::message::OutboundMessage;
 use drover_actors::store::{
-    Admission, AttemptOutcome, AttemptRecord, MessageRecord, MessageStatus, OutcomeKind,
-    ReceiptRecord, Store, StoreConfig, StoreError, Uncertain,
+    Admission, AttemptOutcome, AttemptRecord, DeliveryWindow, MessageRecord, MessageStatus,
+    OutcomeKind, ReceiptRecord, Store, StoreConfig, StoreError, Uncertain,
 };
 use futures::FutureExt;
 use sqlx::AssertSqlSafe;
@@ -191,6 +191,7 @@ on_both_backends!(
     batch_variants_match_single_ones,
     ambiguous_attempts_make_an_admission_uncertain,
     receipts_keep_what_says_the_most,
+    delivery_window_counts_receipts_and_sends,
     sending_lease_separates_in_flight_from_interrupted,
     group_commit_gives_each_caller_its_own_committed_answer,
 );
@@ -1179,6 +1180,57 @@ async fn ambiguous_attempts_make_an_admission_uncertain(db: &TestDb) {
         assert_eq!(last.provider_message_id.as_deref(), Some(sid));
         assert_eq!(r.history[0].outcome, Some(OutcomeKind::Ambiguous));
     }
+}
+
+/// The delivery-rate monitor's read: final receipts since a time (each message once per
+/// status and code, repeated callbacks too), and of the messages sent in a window those with
+/// any receipt.
+async fn delivery_window_counts_receipts_and_sends(db: &TestDb) {
+    let s = db.store().await;
+    let ms: Vec<OutboundMessage> = (1..=5).map(msg).collect();
+    for (i, m) in ms.iter().enumerate() {
+        s.begin_attempt(m, NOW).await.unwrap();
+        // Sent at NOW+1 .. NOW+5.
+        s.record_outcome(m.id, 1, &sent(&format!("SMw{i}")), NOW + 1 + i as i64)
+            .await
+            .unwrap();
+    }
+    let receipt = |sid: &'static str, status: &'static str, code: Option<i64>, at: i64| {
+        let s = s.clone();
+        async move { s.record_receipt(sid, status, code, at).await.unwrap() }
+    };
+    receipt("SMw0", "delivered", None, NOW + 10).await;
+    receipt("SMw1", "undelivered", Some(30003), NOW + 10).await;
+    receipt("SMw1", "undelivered", Some(30003), NOW + 11).await; // posted again
+    receipt("SMw2", "sent", None, NOW + 10).await; // not final
+    receipt("SMw3", "failed", Some(30005), NOW + 2).await; // before the window
+    let w = s.delivery_window(NOW + 5, NOW + 1, NOW + 5).await.unwrap();
+    let mut finals: Vec<(String, Option<i64>, i64)> = w
+        .finals
+        .iter()
+        .map(|f| (f.status.clone(), f.error_code, f.messages))
+        .collect();
+    finals.sort();
+    assert_eq!(
+        finals,
+        [
+            ("delivered".to_string(), None, 1),
+            ("undelivered".to_string(), Some(30003), 1)
+        ]
+    );
+    // Sent from NOW+1 to before NOW+5: SMw0..SMw3, of which all four have a receipt.
+    assert_eq!((w.sent, w.with_receipt), (4, 4));
+    // Sent from NOW+3: SMw2, SMw3, SMw4; SMw4 has none.
+    let w = s
+        .delivery_window(NOW + 5, NOW + 3, NOW + 100)
+        .await
+        .unwrap();
+    assert_eq!((w.sent, w.with_receipt), (3, 2));
+    let w = s
+        .delivery_window(NOW + 100, NOW + 100, NOW + 200)
+        .await
+        .unwrap();
+    assert_eq!(w, DeliveryWindow::default());
 }
 
 /// Delivery receipts are kept as they come, found by the provider's id; the message's

@@ -111,6 +111,10 @@ struct MockState {
     lookups: AtomicU64,
     /// Answer `ListMessage` with 500.
     fail_lookups: std::sync::atomic::AtomicBool,
+    /// Status a message resource shows, by sid (`sent` when not set), for `FetchMessage`.
+    statuses: Mutex<HashMap<String, String>>,
+    /// `FetchMessage` requests received.
+    fetches: AtomicU64,
 }
 
 /// A message the mock accepted.
@@ -128,6 +132,10 @@ struct Accepted {
 impl Accepted {
     /// The message resource, with Twilio's RFC 2822 dates (sent as soon as accepted).
     fn resource(&self) -> serde_json::Value {
+        self.resource_with("sent")
+    }
+
+    fn resource_with(&self, status: &str) -> serde_json::Value {
         let date = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(self.created_ms)
             .unwrap_or_default()
             .to_rfc2822();
@@ -138,7 +146,7 @@ impl Accepted {
             "from": self.from,
             "messaging_service_sid": self.service,
             "body": self.body,
-            "status": "sent",
+            "status": status,
             "direction": "outbound-api",
             "date_created": date,
             "date_sent": date,
@@ -185,6 +193,10 @@ impl MockProvider {
                 "/2010-04-01/Accounts/{sid}/Messages.json",
                 post(twilio_create_message).get(twilio_list_messages),
             )
+            .route(
+                "/2010-04-01/Accounts/{sid}/Messages/{file}",
+                get(twilio_fetch_message),
+            )
             .route("/2010-04-01/Accounts/{file}", get(twilio_fetch_account))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -227,6 +239,25 @@ impl MockProvider {
     /// Answer each call after a random delay in `min_ms..=max_ms` (simulated provider latency).
     pub fn set_latency(&self, min_ms: u64, max_ms: u64) {
         *lock(&self.state.latency) = (min_ms, max_ms.max(min_ms));
+    }
+
+    /// The sids of the messages accepted for `to`, oldest first.
+    pub fn sids_to(&self, to: &str) -> Vec<String> {
+        lock(&self.state.accepted)
+            .iter()
+            .filter(|m| m.to == to)
+            .map(|m| m.sid.clone())
+            .collect()
+    }
+
+    /// The status `FetchMessage` shows for `sid` from now on (`sent` until set).
+    pub fn set_status(&self, sid: &str, status: &str) {
+        lock(&self.state.statuses).insert(sid.to_string(), status.to_string());
+    }
+
+    /// `FetchMessage` requests so far.
+    pub fn fetches(&self) -> u64 {
+        self.state.fetches.load(Ordering::Relaxed)
     }
 
     /// `ListMessage` requests so far.
@@ -523,6 +554,37 @@ async fn twilio_list_messages(
         "uri": path,
     }))
     .into_response()
+}
+
+/// `GET /2010-04-01/Accounts/{sid}/Messages/{Sid}.json` (`FetchMessage`): an accepted
+/// message with the status set by [`MockProvider::set_status`]; 404 (Twilio's 20404) for
+/// any other sid.
+async fn twilio_fetch_message(
+    State(state): State<Arc<MockState>>,
+    Path((sid, file)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    state.fetches.fetch_add(1, Ordering::Relaxed);
+    if sid != ACCOUNT_SID || !authorized(&headers) {
+        return twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
+    }
+    let Some(message_sid) = file.strip_suffix(".json") else {
+        return twilio_error(StatusCode::NOT_FOUND, 20404, "Not Found");
+    };
+    let found = lock(&state.accepted)
+        .iter()
+        .find(|m| m.sid == message_sid)
+        .cloned();
+    match found {
+        Some(m) => {
+            let status = lock(&state.statuses)
+                .get(message_sid)
+                .cloned()
+                .unwrap_or_else(|| "sent".into());
+            axum::Json(m.resource_with(&status)).into_response()
+        }
+        None => twilio_error(StatusCode::NOT_FOUND, 20404, "Not Found"),
+    }
 }
 
 /// Standard base64 with padding (for the expected basic-auth header).

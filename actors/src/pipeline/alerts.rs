@@ -8,7 +8,8 @@
 //!
 //! Sources: the tree's event stream (a supervisor giving up: `subtree_gave_up`, or
 //! `root_gave_up` for the root), the delivery workers (`dead_letter`), the provider worker
-//! (`circuit_open`) and the monitor (`backlog`). Successful restarts do not alert. When the
+//! (`circuit_open`), the monitor (`backlog`), the delivery-rate monitor (`delivery_rate`) and
+//! the canary (`canary`). Successful restarts do not alert. When the
 //! root gives up it takes this actor with it, so drover's `serve_until` sends that last alert
 //! itself with [`post_alert`].
 
@@ -71,6 +72,10 @@ pub enum AlertKind {
     RootGaveUp,
     Backlog,
     CircuitOpen,
+    /// The provider's delivery receipts say too many SMS did not arrive, or stopped coming.
+    DeliveryRate,
+    /// The end-to-end canary failed or was late.
+    Canary,
 }
 
 impl AlertKind {
@@ -83,6 +88,8 @@ impl AlertKind {
             AlertKind::RootGaveUp => "root_gave_up",
             AlertKind::Backlog => "backlog",
             AlertKind::CircuitOpen => "circuit_open",
+            AlertKind::DeliveryRate => "delivery_rate",
+            AlertKind::Canary => "canary",
         }
     }
 }

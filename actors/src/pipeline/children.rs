@@ -2,16 +2,18 @@
 //! `mod.rs`).
 
 use crate::pipeline::{
-    Pipeline, alerts, broker, monitor, provider_worker, scheduler, store_worker,
+    Pipeline, alerts, broker, canary, delivery_rate, monitor, provider_worker, scheduler,
+    store_worker,
 };
 use crate::supervisor::ChildSpec;
 
-/// The root supervisor's children for the delivery pipeline, in start order.
+/// The root supervisor's children for the delivery pipeline, in start order. The
+/// delivery-rate monitor is there only with receipts on, the canary only when it is enabled.
 pub fn pipeline_children(p: &Pipeline) -> Vec<ChildSpec> {
     let backoff = p.config.supervision.backoff;
     let (ps, pp, pb, psch) = (p.clone(), p.clone(), p.clone(), p.clone());
     let (pa, pm) = (p.clone(), p.clone());
-    vec![
+    let mut children = vec![
         ChildSpec::worker("alerts", move |_| (alerts::AlertWorker, pa.clone())).backoff(backoff),
         ChildSpec::worker("store", move |_| (store_worker::StoreWorker, ps.clone()))
             .backoff(backoff),
@@ -26,5 +28,22 @@ pub fn pipeline_children(p: &Pipeline) -> Vec<ChildSpec> {
         .backoff(backoff),
         ChildSpec::worker("monitor", move |_| (monitor::MonitorWorker, pm.clone()))
             .backoff(backoff),
-    ]
+    ];
+    if p.config.provider.receipts_on() {
+        let pd = p.clone();
+        children.push(
+            ChildSpec::worker("delivery_rate", move |_| {
+                (delivery_rate::DeliveryRateWorker, pd.clone())
+            })
+            .backoff(backoff),
+        );
+    }
+    if p.config.canary.every_ms > 0 {
+        let pc = p.clone();
+        children.push(
+            ChildSpec::worker("canary", move |_| (canary::CanaryWorker, pc.clone()))
+                .backoff(backoff),
+        );
+    }
+    children
 }

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::broker::BrokerConfig;
 use crate::message::MessageConfig;
 use crate::pipeline::alerts::AlertConfig;
+use crate::pipeline::canary::CanaryConfig;
+use crate::pipeline::delivery_rate::DeliveryRateConfig;
 use crate::provider::ProviderConfig;
 use crate::store::StoreConfig;
 use crate::supervisor::SplitMix64;
@@ -107,6 +109,8 @@ pub struct PipelineConfig {
     pub delivery: DeliveryConfig,
     pub scheduler: SchedulerConfig,
     pub alerts: AlertConfig,
+    pub delivery_rate: DeliveryRateConfig,
+    pub canary: CanaryConfig,
     /// How often the monitor caches the queues' depths for `/metrics` (`http.queue_sample_ms`;
     /// 0 means the 100 ms floor).
     pub queue_sample_ms: u64,

@@ -12,7 +12,9 @@
 //! │   └── workers     Supervisor (one_for_one, dynamic)       broker/mod.rs
 //! │       └── delivery-N  DeliveryWorker (temporary)          delivery.rs, decide.rs
 //! ├── scheduler   SchedulerWorker  scheduler.rs        republishes due retries from the database
-//! └── monitor     MonitorWorker    monitor.rs          caches queue depths; alerts on a backlog
+//! ├── monitor     MonitorWorker    monitor.rs          caches queue depths; alerts on a backlog
+//! ├── delivery_rate  DeliveryRateWorker  delivery_rate.rs  (receipts on) alerts on a bad delivery rate
+//! └── canary      CanaryWorker     canary.rs           (canary.every_ms > 0) an end-to-end probe
 //! ```
 //!
 //! `alerts` starts first so every other actor can raise an alert ([`alerts::raise`]); it also
@@ -27,10 +29,12 @@
 pub mod admin;
 pub mod alerts;
 pub mod broker;
+pub mod canary;
 pub mod children;
 pub mod config;
 pub mod decide;
 pub mod delivery;
+pub mod delivery_rate;
 pub mod monitor;
 pub mod ops;
 pub mod owned;

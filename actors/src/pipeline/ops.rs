@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use metrics::{Counter, Histogram, Unit};
+use metrics::{Counter, Gauge, Histogram, Unit};
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 
@@ -38,6 +38,21 @@ pub const CONSUMED_TOTAL: &str = "drover_consumed_total";
 pub const RECONCILED_TOTAL: &str = "drover_reconciled_total";
 /// Delivery receipts received, by the provider's `status`.
 pub const DELIVERY_TOTAL: &str = "drover_delivery_total";
+/// Gauge: the share of `undelivered` + `failed` among the final receipts of the
+/// delivery-rate monitor's window.
+pub const DELIVERY_FAILURE_RATIO: &str = "drover_delivery_failure_ratio";
+/// Gauge: the share of messages sent in the delivery-rate monitor's send window that have no
+/// receipt.
+pub const RECEIPTS_MISSING_RATIO: &str = "drover_receipts_missing_ratio";
+/// Counter: canaries by `result` (`sent`, `delivered`, `failed`, `late`).
+pub const CANARY_TOTAL: &str = "drover_canary_total";
+/// Gauge: the last canary's time from publish to `stage` (`sent`, `delivered`), seconds.
+pub const CANARY_SECONDS: &str = "drover_canary_seconds";
+/// The `result` labels of [`CANARY_TOTAL`].
+pub const CANARY_RESULTS: [&str; 4] = ["sent", "delivered", "failed", "late"];
+/// The `stage` labels of [`CANARY_SECONDS`].
+pub const CANARY_STAGES: [&str; 2] = ["sent", "delivered"];
+
 /// The `status` labels of [`DELIVERY_TOTAL`]: the receipt statuses, then this one for any
 /// other word.
 const OTHER_STATUS: &str = "other";
@@ -85,6 +100,14 @@ pub struct PipelineMetrics {
     reconciled: [Counter; 4],
     /// One per [`delivery_statuses`].
     delivery: Vec<Counter>,
+    /// [`DELIVERY_FAILURE_RATIO`].
+    pub delivery_failure_ratio: Gauge,
+    /// [`RECEIPTS_MISSING_RATIO`].
+    pub receipts_missing_ratio: Gauge,
+    /// One per [`CANARY_RESULTS`].
+    canary: [Counter; 4],
+    /// One per [`CANARY_STAGES`].
+    canary_seconds: [Gauge; 2],
 }
 
 impl Default for PipelineMetrics {
@@ -108,6 +131,10 @@ impl Default for PipelineMetrics {
                 Counter::noop(),
             ],
             delivery: delivery_statuses().map(|_| Counter::noop()).collect(),
+            delivery_failure_ratio: Gauge::noop(),
+            receipts_missing_ratio: Gauge::noop(),
+            canary: CANARY_RESULTS.map(|_| Counter::noop()),
+            canary_seconds: CANARY_STAGES.map(|_| Gauge::noop()),
         }
     }
 }
@@ -148,6 +175,26 @@ impl PipelineMetrics {
             Unit::Count,
             "Delivery receipts from the provider, by its status"
         );
+        metrics::describe_gauge!(
+            DELIVERY_FAILURE_RATIO,
+            Unit::Count,
+            "Share of undelivered and failed among the final delivery receipts of the window"
+        );
+        metrics::describe_gauge!(
+            RECEIPTS_MISSING_RATIO,
+            Unit::Count,
+            "Share of the messages sent in the receipt window that have no delivery receipt"
+        );
+        metrics::describe_counter!(
+            CANARY_TOTAL,
+            Unit::Count,
+            "End-to-end canary messages, by result"
+        );
+        metrics::describe_gauge!(
+            CANARY_SECONDS,
+            Unit::Seconds,
+            "The last canary's time from publish to sent and to delivered"
+        );
         let outcome = |o: &'static str| metrics::counter!(MESSAGES_TOTAL, "outcome" => o);
         let published = |r: Route| metrics::counter!(PUBLISHED_TOTAL, "route" => r.to_string());
         let m = PipelineMetrics {
@@ -166,6 +213,10 @@ impl PipelineMetrics {
             delivery: delivery_statuses()
                 .map(|s| metrics::counter!(DELIVERY_TOTAL, "status" => s))
                 .collect(),
+            delivery_failure_ratio: metrics::gauge!(DELIVERY_FAILURE_RATIO),
+            receipts_missing_ratio: metrics::gauge!(RECEIPTS_MISSING_RATIO),
+            canary: CANARY_RESULTS.map(|r| metrics::counter!(CANARY_TOTAL, "result" => r)),
+            canary_seconds: CANARY_STAGES.map(|s| metrics::gauge!(CANARY_SECONDS, "stage" => s)),
         };
         // Make every series visible at 0 before the first event.
         for c in [
@@ -182,9 +233,12 @@ impl PipelineMetrics {
         .chain(m.published.iter())
         .chain(m.reconciled.iter())
         .chain(m.delivery.iter())
+        .chain(m.canary.iter())
         {
             c.increment(0);
         }
+        m.delivery_failure_ratio.set(0.0);
+        m.receipts_missing_ratio.set(0.0);
         m
     }
 
@@ -199,6 +253,17 @@ impl PipelineMetrics {
     /// The counter of receipts with `status` (`other` for a word not in the list).
     pub fn delivery(&self, status: &str) -> &Counter {
         labelled(&self.delivery, delivery_statuses(), status)
+    }
+
+    /// The counter of canaries that came to `result` (one of [`CANARY_RESULTS`]).
+    pub fn canary(&self, result: &str) -> &Counter {
+        labelled(&self.canary, CANARY_RESULTS.into_iter(), result)
+    }
+
+    /// The gauge of the last canary's time to `stage` (one of [`CANARY_STAGES`]).
+    pub fn canary_seconds(&self, stage: &str) -> &Gauge {
+        let i = CANARY_STAGES.iter().position(|s| *s == stage).unwrap_or(0);
+        &self.canary_seconds[i]
     }
 
     /// The counter of an attempt's recorded outcome.

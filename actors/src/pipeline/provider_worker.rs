@@ -13,8 +13,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use crate::message::OutboundMessage;
 use crate::pipeline::Pipeline;
 use crate::provider::{
-    AttemptWindow, CircuitBreaker, CircuitState, Permit, Provider, Reconciliation, SendOutcome,
-    Transition,
+    AttemptWindow, CircuitBreaker, CircuitState, Fetched, Permit, Provider, Reconciliation,
+    SendOutcome, Transition,
 };
 
 /// What a send came to.
@@ -40,6 +40,13 @@ pub enum ProviderMessage {
         msg: Box<OutboundMessage>,
         window: AttemptWindow,
         reply: RpcReplyPort<Reconciliation>,
+    },
+    /// The provider's current word on the message it knows as `provider_message_id` (Twilio's
+    /// `FetchMessage`; `provider.reconcile_timeout_ms` at most): for the canary when no
+    /// receipts come.
+    Fetch {
+        provider_message_id: String,
+        reply: RpcReplyPort<Fetched>,
     },
     /// Internal: `alerts.circuit_open_alert_ms` after the circuit opened at `since` (Unix
     /// ms): if it is still open, alert, whether or not a send comes by.
@@ -198,6 +205,22 @@ impl Actor for ProviderWorker {
                     });
                     metrics.reconciled(found.label()).increment(1);
                     let _ = reply.send(found);
+                });
+            }
+            ProviderMessage::Fetch {
+                provider_message_id,
+                reply,
+            } => {
+                let provider = state.provider.clone();
+                let limit = state.p.config.provider.reconcile_timeout_ms.max(1);
+                tokio::spawn(async move {
+                    let fetched = tokio::time::timeout(
+                        std::time::Duration::from_millis(limit),
+                        provider.fetch(&provider_message_id),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Fetched::Failed(format!("no answer within {limit} ms")));
+                    let _ = reply.send(fetched);
                 });
             }
             ProviderMessage::OpenTooLong { since } => {

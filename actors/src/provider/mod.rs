@@ -49,6 +49,7 @@ pub mod twilio;
 pub mod webhook;
 
 pub use circuit::{CircuitBreaker, CircuitConfig, CircuitState, Permit, Transition};
+pub use receipt::Fetched;
 pub use reconcile::{AttemptWindow, Reconciliation};
 pub use simulated::{SimulatedConfig, SimulatedProvider};
 pub use twilio::{MessageResource, TwilioClient, TwilioConfig};
@@ -99,6 +100,16 @@ impl Default for ProviderConfig {
 }
 
 impl ProviderConfig {
+    /// Whether delivery receipts come: Twilio with a `status_callback_url`.
+    pub fn receipts_on(&self) -> bool {
+        self.kind == ProviderKind::Twilio
+            && self
+                .twilio
+                .status_callback_url
+                .as_deref()
+                .is_some_and(|u| !u.trim().is_empty())
+    }
+
     /// `timeout_ms` as a duration.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
@@ -650,6 +661,16 @@ impl Provider {
             "reconciliation of an earlier attempt"
         );
         found
+    }
+
+    /// The provider's current word on the message it knows as `provider_message_id` (Twilio:
+    /// `FetchMessage`); the webhook and the simulation cannot be asked. Never fails: no
+    /// usable answer is [`Fetched::Failed`].
+    pub async fn fetch(&self, provider_message_id: &str) -> Fetched {
+        match self {
+            Provider::Twilio(c) => c.fetch(provider_message_id).await,
+            Provider::Webhook(_) | Provider::Simulated(_) => Fetched::Unsupported,
+        }
     }
 
     /// Startup reachability check. Twilio: `GET /2010-04-01/Accounts/{sid}.json` with the

@@ -23,6 +23,20 @@ pub struct Receipt {
     pub error_code: Option<i64>,
 }
 
+/// What the provider answered when asked for one message's current status (Twilio's
+/// `FetchMessage`), for when no callback tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// Its current status, shaped as a receipt.
+    Known(Receipt),
+    /// The provider has no message with that id.
+    NotFound,
+    /// This provider cannot be asked (the webhook, the simulation).
+    Unsupported,
+    /// No usable answer.
+    Failed(String),
+}
+
 /// Why a callback is not a receipt.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReceiptError {

@@ -17,6 +17,11 @@
 //! this request)". A `201 Created` carries the message resource ([`MessageResource`]); its
 //! `sid` is the provider message id. Errors carry `{code, message, more_info, status}` and
 //! are classified by [`classify`](super::classify).
+//!
+//! Two reads of the same contract: `ListMessage` (`GET .../Messages.json`, paged) finds the
+//! message an ambiguous attempt may have made ([`TwilioClient::find`]), and `FetchMessage`
+//! (`GET .../Messages/{Sid}.json`) reads one message's current status
+//! ([`TwilioClient::fetch`]).
 
 use std::time::Duration;
 
@@ -24,6 +29,7 @@ use reqwest::Url;
 use reqwest::header::ACCEPT;
 use serde::{Deserialize, Serialize};
 
+use super::receipt::{Fetched, Receipt, rank};
 use super::reconcile::{AttemptWindow, Reconciliation, SentFrom, is_the_attempt};
 use super::{
     CORRELATION_HEADER, ProviderError, SENDER_CODES, Secret, SendOutcome, error_chain,
@@ -425,6 +431,51 @@ impl TwilioClient {
             }
         }
         Reconciliation::Failed(format!("more than {LOOKUP_PAGES} pages of messages"))
+    }
+
+    /// Twilio's current word on the message it knows as `sid` (`FetchMessage`:
+    /// `GET {base_url}/2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json`), as a receipt
+    /// would carry it: its `status` and `error_code`.
+    pub async fn fetch(&self, sid: &str) -> Fetched {
+        // A sid goes into the path: letters and digits only (SM + 32 hex digits), so a
+        // stored value can never point the request elsewhere.
+        if sid.is_empty() || !sid.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Fetched::Failed(format!("{sid:?} is not a Twilio message sid"));
+        }
+        let path = format!(
+            "/2010-04-01/Accounts/{}/Messages/{sid}.json",
+            self.account_sid
+        );
+        let url = match Url::parse(&format!("{}{path}", self.root)) {
+            Ok(url) => url,
+            Err(e) => return Fetched::Failed(format!("message URL: {e}")),
+        };
+        let resp = match self.request(reqwest::Method::GET, url).send().await {
+            Ok(resp) => resp,
+            Err(e) => return Fetched::Failed(error_chain(&e.without_url())),
+        };
+        let status = resp.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Fetched::NotFound;
+        }
+        if !status.is_success() {
+            return Fetched::Failed(format!("fetching the message answered {status}"));
+        }
+        let resource: MessageResource = match resp.bytes().await {
+            Ok(body) => match serde_json::from_slice(&body) {
+                Ok(r) => r,
+                Err(e) => return Fetched::Failed(format!("unreadable message resource: {e}")),
+            },
+            Err(e) => return Fetched::Failed(error_chain(&e.without_url())),
+        };
+        match resource.status.filter(|s| rank(s).is_some()) {
+            Some(word) => Fetched::Known(Receipt {
+                provider_message_id: resource.sid.unwrap_or_else(|| sid.to_string()),
+                status: word,
+                error_code: resource.error_code,
+            }),
+            None => Fetched::Failed("the message resource has no known status".into()),
+        }
     }
 
     /// `GET {base_url}/2010-04-01/Accounts/{sid}.json` with the configured credentials must

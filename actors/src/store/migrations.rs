@@ -30,6 +30,11 @@ const POSTGRES: &[Embedded] = &[
         "receipts",
         include_str!("../../migrations/postgres/0003_receipts.sql"),
     ),
+    (
+        4,
+        "delivery_window",
+        include_str!("../../migrations/postgres/0004_delivery_window.sql"),
+    ),
 ];
 
 /// SQLite migrations, in version order.
@@ -48,6 +53,11 @@ const SQLITE: &[Embedded] = &[
         3,
         "receipts",
         include_str!("../../migrations/sqlite/0003_receipts.sql"),
+    ),
+    (
+        4,
+        "delivery_window",
+        include_str!("../../migrations/sqlite/0004_delivery_window.sql"),
     ),
 ];
 

@@ -52,8 +52,8 @@ use uuid::Uuid;
 pub use config::{StoreConfig, StoreTlsConfig};
 pub use error::StoreError;
 pub use types::{
-    Admission, AttemptOutcome, AttemptRecord, MessageRecord, MessageStatus, OutcomeKind,
-    ReceiptRecord, Uncertain,
+    Admission, AttemptOutcome, AttemptRecord, DeliveryWindow, FinalCount, MessageRecord,
+    MessageStatus, OutcomeKind, ReceiptRecord, Uncertain,
 };
 
 use crate::message::OutboundMessage;
@@ -541,6 +541,23 @@ impl Store {
             ops::record_receipt(&mut tx, provider_message_id, status, error_code, now_ms).await?;
         tx.commit().await?;
         Ok(ids.into_iter().next())
+    }
+
+    /// For the delivery-rate monitor: the final receipts (delivered, undelivered, failed)
+    /// received since `receipts_since_ms`, and how many messages that went `sent` from
+    /// `sent_from_ms` to before `sent_until_ms` have any receipt (both read by index, see
+    /// migration 0004).
+    pub async fn delivery_window(
+        &self,
+        receipts_since_ms: i64,
+        sent_from_ms: i64,
+        sent_until_ms: i64,
+    ) -> Result<DeliveryWindow, StoreError> {
+        let mut tx = self.pool.begin(Mode::Read).await?;
+        let window =
+            ops::delivery_window(&mut tx, receipts_since_ms, sent_from_ms, sent_until_ms).await?;
+        tx.commit().await?;
+        Ok(window)
     }
 
     /// The message other than `id` already recorded with `provider_message_id`, if any: a

@@ -7,8 +7,8 @@ use uuid::Uuid;
 use super::StoreError;
 use super::db::{Arg, Tx, db_row};
 use super::types::{
-    Admission, AttemptOutcome, AttemptRecord, MessageRecord, MessageStatus, OutcomeKind,
-    ReceiptRecord, Uncertain,
+    Admission, AttemptOutcome, AttemptRecord, DeliveryWindow, FinalCount, MessageRecord,
+    MessageStatus, OutcomeKind, ReceiptRecord, Uncertain,
 };
 use crate::message::OutboundMessage;
 
@@ -714,6 +714,65 @@ pub(super) async fn record_receipt(
         )
         .await?;
     rows.iter().map(|r| parse_id(&r.message_id)).collect()
+}
+
+db_row! {
+    /// Final receipts of one status and code.
+    struct FinalCountRow {
+        status: String,
+        error_code: Option<i64>,
+        n: i64,
+    }
+}
+
+db_row! {
+    /// Messages sent in a window, and how many have a receipt.
+    struct SentWindowRow {
+        sent: i64,
+        with_receipt: i64,
+    }
+}
+
+/// Final receipts since `$1`, each message counted once per status and code (Twilio may
+/// post the same callback again).
+const FINAL_RECEIPTS: &str = "\
+SELECT status, error_code, COUNT(DISTINCT message_id) AS n FROM receipts
+WHERE received_at >= $1 AND status IN ('delivered', 'undelivered', 'failed')
+GROUP BY status, error_code";
+
+/// Messages that went `sent` in [`$1`, `$2`) and how many of them have any receipt.
+const SENT_WINDOW: &str = "\
+SELECT COUNT(*) AS sent,
+       COALESCE(SUM(CASE WHEN EXISTS (SELECT 1 FROM receipts r WHERE r.message_id = m.id)
+                    THEN 1 ELSE 0 END), 0) AS with_receipt
+FROM messages m WHERE m.status = 'sent' AND m.updated_at >= $1 AND m.updated_at < $2";
+
+/// See [`Store::delivery_window`](super::Store::delivery_window).
+pub(super) async fn delivery_window(
+    tx: &mut Tx,
+    receipts_since_ms: i64,
+    sent_from_ms: i64,
+    sent_until_ms: i64,
+) -> Result<DeliveryWindow, StoreError> {
+    let finals: Vec<FinalCountRow> = tx
+        .fetch_all(FINAL_RECEIPTS, &[Int(receipts_since_ms)])
+        .await?;
+    let sent: Vec<SentWindowRow> = tx
+        .fetch_all(SENT_WINDOW, &[Int(sent_from_ms), Int(sent_until_ms)])
+        .await?;
+    let sent = sent.into_iter().next();
+    Ok(DeliveryWindow {
+        finals: finals
+            .into_iter()
+            .map(|r| FinalCount {
+                status: r.status,
+                error_code: r.error_code,
+                messages: r.n,
+            })
+            .collect(),
+        sent: sent.as_ref().map_or(0, |r| r.sent),
+        with_receipt: sent.map_or(0, |r| r.with_receipt),
+    })
 }
 
 db_row! {

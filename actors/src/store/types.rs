@@ -294,6 +294,29 @@ pub struct MessageRecord {
     pub receipts: Vec<ReceiptRecord>,
 }
 
+/// Final receipts of one kind in a window: how many messages got `status` with `error_code`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FinalCount {
+    /// `delivered`, `undelivered` or `failed`.
+    pub status: String,
+    /// The provider's error code (Twilio 30003-30008), if any.
+    pub error_code: Option<i64>,
+    /// Messages.
+    pub messages: i64,
+}
+
+/// What the delivery-rate monitor reads from the store: final receipts received since a time,
+/// and how many of the messages sent in an earlier window got any receipt at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DeliveryWindow {
+    /// Final receipts received in the window, by status and error code.
+    pub finals: Vec<FinalCount>,
+    /// Messages that went `sent` in the send window.
+    pub sent: i64,
+    /// Of those, the ones with at least one receipt.
+    pub with_receipt: i64,
+}
+
 /// One delivery receipt (`receipts` row): the provider's word on a message it accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ReceiptRecord {
