@@ -10,11 +10,13 @@ use crate::store::AttemptOutcome;
 pub type Decision = (AttemptOutcome, Option<(&'static str, String)>);
 
 /// What to record for a send result, and whether (with which class and error) the message
-/// goes to the failed queue. `retry_at` gives the next attempt's due time.
+/// goes to the failed queue. `latency_ms`: how long the provider call took (recorded on the
+/// attempt); `retry_at` gives the next attempt's due time.
 pub fn decide(
     sent: SendResult,
     attempt: u32,
     max_attempts: u32,
+    latency_ms: u64,
     mut retry_at: impl FnMut() -> i64,
 ) -> Decision {
     match sent {
@@ -30,7 +32,7 @@ pub fn decide(
         }) => (
             AttemptOutcome::Sent {
                 provider_message_id,
-                latency_ms: 0,
+                latency_ms,
             },
             None,
         ),
@@ -50,7 +52,7 @@ pub fn decide(
                 AttemptOutcome::Failed {
                     error_class: "permanent".into(),
                     error: error.clone(),
-                    latency_ms: 0,
+                    latency_ms,
                 },
                 Some(("permanent", error)),
             )
@@ -64,7 +66,7 @@ pub fn decide(
                     AttemptOutcome::Failed {
                         error_class: class,
                         error: error.clone(),
-                        latency_ms: 0,
+                        latency_ms,
                     },
                     Some(("exhausted", error)),
                 )
@@ -73,7 +75,7 @@ pub fn decide(
                     AttemptOutcome::Ambiguous {
                         next_attempt_at: retry_at(),
                         error,
-                        latency_ms: 0,
+                        latency_ms,
                     },
                     None,
                 )
@@ -83,7 +85,7 @@ pub fn decide(
                         next_attempt_at: retry_at(),
                         error_class: class,
                         error,
-                        latency_ms: 0,
+                        latency_ms,
                     },
                     None,
                 )
@@ -139,8 +141,13 @@ mod tests {
             ),
         ];
         for (sent, attempt, kind, failed) in cases {
-            let (outcome, f) = decide(sent, attempt, 5, due);
+            let (outcome, f) = decide(sent, attempt, 5, 37, due);
             assert_eq!(outcome.kind().as_str(), kind);
+            // The call's latency goes with every outcome of a call (none for a deferral).
+            let latency = serde_json::to_value(&outcome).unwrap()["latency_ms"].clone();
+            if kind != "deferred" {
+                assert_eq!(latency, 37, "{kind}");
+            }
             assert_eq!(f.as_ref().map(|(c, _)| *c), failed);
             let text = serde_json::to_string(&outcome).unwrap();
             assert!(text.len() < 2 * crate::message::MAX_REASON_BYTES, "bounded");

@@ -468,18 +468,21 @@ async fn call_and_decide(p: &Pipeline, a: &Admitted) -> Result<Decision, Pipelin
         .await;
     match call {
         Ok(CallResult::Success(sent)) => {
+            let latency = called.elapsed();
             if matches!(sent, SendResult::Done(_)) {
                 p.ops.metrics.attempts.increment(1);
-                p.ops
-                    .metrics
-                    .provider_latency
-                    .record(called.elapsed().as_secs_f64());
+                p.ops.metrics.provider_latency.record(latency.as_secs_f64());
             }
             let now = p.clock.now_ms();
             let mut rng = SplitMix64::new(msg.id.as_u128() as u64 ^ attempt as u64);
-            Ok(decide(sent, attempt, delivery_cfg.max_attempts, || {
-                now + delivery_cfg.retry_delay(attempt, &mut rng).as_millis() as i64
-            }))
+            let latency_ms = latency.as_millis() as u64;
+            Ok(decide(
+                sent,
+                attempt,
+                delivery_cfg.max_attempts,
+                latency_ms,
+                || now + delivery_cfg.retry_delay(attempt, &mut rng).as_millis() as i64,
+            ))
         }
         // The request never reached the provider actor (it died between the lookup and the
         // call): certainly nothing was sent.
