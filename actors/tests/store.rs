@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use drover_actors::message::OutboundMessage;
 use drover_actors::store::{
-    Admission, AttemptOutcome, AttemptRecord, DeliveryWindow, MessageRecord, MessageStatus,
-    OutcomeKind, ReceiptRecord, Store, StoreConfig, StoreError, Uncertain,
+    Admission, AttemptOutcome, AttemptRecord, DeliveryWindow, ListQuery, MessageRecord,
+    MessageStatus, MessageSummary, OutcomeKind, ReceiptRecord, Store, StoreConfig, StoreError,
+    Uncertain,
 };
 use futures::FutureExt;
 use sqlx::AssertSqlSafe;
@@ -192,6 +193,7 @@ on_both_backends!(
     ambiguous_attempts_make_an_admission_uncertain,
     receipts_keep_what_says_the_most,
     delivery_window_counts_receipts_and_sends,
+    lists_page_newest_first_and_group_failures,
     sending_lease_separates_in_flight_from_interrupted,
     group_commit_gives_each_caller_its_own_committed_answer,
 );
@@ -1180,6 +1182,96 @@ async fn ambiguous_attempts_make_an_admission_uncertain(db: &TestDb) {
         assert_eq!(last.provider_message_id.as_deref(), Some(sid));
         assert_eq!(r.history[0].outcome, Some(OutcomeKind::Ambiguous));
     }
+}
+
+/// The console's reads: pages newest first by keyset (`before` the last of a page), filtered
+/// by status and by an exact id, correlation id or recipient; failed messages grouped by
+/// their last error's class, and the ids of one group.
+async fn lists_page_newest_first_and_group_failures(db: &TestDb) {
+    let s = db.store().await;
+    // Seven messages created at NOW+1 .. NOW+7; the 2nd and 5th fail, the 4th is sent.
+    let ms: Vec<OutboundMessage> = (1..=7).map(msg).collect();
+    for (i, m) in ms.iter().enumerate() {
+        s.begin_attempt(m, NOW + 1 + i as i64).await.unwrap();
+    }
+    for i in [1, 4] {
+        s.record_outcome(ms[i].id, 1, &failed(), NOW + 20)
+            .await
+            .unwrap();
+    }
+    s.record_outcome(ms[3].id, 1, &sent("SM4"), NOW + 20)
+        .await
+        .unwrap();
+    let page = |status, q: Option<&str>, before, limit| ListQuery {
+        status,
+        q: q.map(str::to_owned),
+        before,
+        limit,
+    };
+    let ids = |v: Vec<MessageSummary>| v.into_iter().map(|m| m.id).collect::<Vec<_>>();
+    let first = s.list(&page(None, None, None, 3)).await.unwrap().unwrap();
+    assert_eq!(ids(first.clone()), [ms[6].id, ms[5].id, ms[4].id]);
+    let second = s
+        .list(&page(None, None, Some(first[2].id), 3))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids(second.clone()), [ms[3].id, ms[2].id, ms[1].id]);
+    let last = s
+        .list(&page(None, None, Some(second[2].id), 3))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids(last), [ms[0].id]);
+    assert_eq!(
+        s.list(&page(None, None, Some(Uuid::new_v4()), 3))
+            .await
+            .unwrap(),
+        None,
+        "a cursor that names no message"
+    );
+    let failed_ones = s
+        .list(&page(Some(MessageStatus::Failed), None, None, 10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids(failed_ones), [ms[4].id, ms[1].id]);
+    for q in [
+        ms[3].id.to_string(),
+        ms[3].correlation_id.clone(),
+        ms[3].to.clone(),
+    ] {
+        let found = s
+            .list(&page(None, Some(&q), None, 10))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ids(found.clone()), [ms[3].id], "{q}");
+        assert_eq!(found[0].status, MessageStatus::Sent);
+        assert_eq!(found[0].provider_message_id.as_deref(), Some("SM4"));
+    }
+    let none = s
+        .list(&page(
+            Some(MessageStatus::Failed),
+            Some(&ms[3].to),
+            None,
+            10,
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(none.is_empty());
+
+    let groups = s.failure_groups().await.unwrap();
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    assert_eq!(
+        (groups[0].error_class.as_str(), groups[0].count),
+        ("http_400", 2)
+    );
+    assert_eq!(groups[0].latest_at, NOW + 20);
+    assert_eq!(s.failed_of_class("http_400", 10).await.unwrap().len(), 2);
+    assert_eq!(s.failed_of_class("http_400", 1).await.unwrap().len(), 1);
+    assert!(s.failed_of_class("other", 10).await.unwrap().is_empty());
 }
 
 /// The delivery-rate monitor's read: final receipts since a time (each message once per

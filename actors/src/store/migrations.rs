@@ -35,6 +35,11 @@ const POSTGRES: &[Embedded] = &[
         "delivery_window",
         include_str!("../../migrations/postgres/0004_delivery_window.sql"),
     ),
+    (
+        5,
+        "message_search",
+        include_str!("../../migrations/postgres/0005_message_search.sql"),
+    ),
 ];
 
 /// SQLite migrations, in version order.
@@ -58,6 +63,11 @@ const SQLITE: &[Embedded] = &[
         4,
         "delivery_window",
         include_str!("../../migrations/sqlite/0004_delivery_window.sql"),
+    ),
+    (
+        5,
+        "message_search",
+        include_str!("../../migrations/sqlite/0005_message_search.sql"),
     ),
 ];
 

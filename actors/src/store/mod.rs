@@ -52,8 +52,8 @@ use uuid::Uuid;
 pub use config::{StoreConfig, StoreTlsConfig};
 pub use error::StoreError;
 pub use types::{
-    Admission, AttemptOutcome, AttemptRecord, DeliveryWindow, FinalCount, MessageRecord,
-    MessageStatus, OutcomeKind, ReceiptRecord, Uncertain,
+    Admission, AttemptOutcome, AttemptRecord, DeliveryWindow, FailureGroup, FinalCount, ListQuery,
+    MessageRecord, MessageStatus, MessageSummary, OutcomeKind, ReceiptRecord, Uncertain,
 };
 
 use crate::message::OutboundMessage;
@@ -541,6 +541,32 @@ impl Store {
             ops::record_receipt(&mut tx, provider_message_id, status, error_code, now_ms).await?;
         tx.commit().await?;
         Ok(ids.into_iter().next())
+    }
+
+    /// Messages newest first (by creation, then id), filtered and paged by `query`: the next
+    /// page is `before` the last one returned. `None` when `before` names no message.
+    pub async fn list(&self, query: &ListQuery) -> Result<Option<Vec<MessageSummary>>, StoreError> {
+        let mut tx = self.pool.begin(Mode::Read).await?;
+        let page = ops::list(&mut tx, query).await?;
+        tx.commit().await?;
+        Ok(page)
+    }
+
+    /// Failed messages grouped by their last error's class, the largest group first.
+    pub async fn failure_groups(&self) -> Result<Vec<FailureGroup>, StoreError> {
+        let mut tx = self.pool.begin(Mode::Read).await?;
+        let groups = ops::failure_groups(&mut tx).await?;
+        tx.commit().await?;
+        Ok(groups)
+    }
+
+    /// The ids of at most `limit` failed messages whose last error's class is `class`
+    /// (`unknown`: none), the oldest failure first.
+    pub async fn failed_of_class(&self, class: &str, limit: u32) -> Result<Vec<Uuid>, StoreError> {
+        let mut tx = self.pool.begin(Mode::Read).await?;
+        let ids = ops::failed_of_class(&mut tx, class, limit).await?;
+        tx.commit().await?;
+        Ok(ids)
     }
 
     /// For the delivery-rate monitor: the final receipts (delivered, undelivered, failed)

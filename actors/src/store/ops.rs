@@ -7,8 +7,8 @@ use uuid::Uuid;
 use super::StoreError;
 use super::db::{Arg, Tx, db_row};
 use super::types::{
-    Admission, AttemptOutcome, AttemptRecord, DeliveryWindow, FinalCount, MessageRecord,
-    MessageStatus, OutcomeKind, ReceiptRecord, Uncertain,
+    Admission, AttemptOutcome, AttemptRecord, DeliveryWindow, FailureGroup, FinalCount, ListQuery,
+    MessageRecord, MessageStatus, MessageSummary, OutcomeKind, ReceiptRecord, Uncertain,
 };
 use crate::message::OutboundMessage;
 
@@ -773,6 +773,132 @@ pub(super) async fn delivery_window(
         sent: sent.as_ref().map_or(0, |r| r.sent),
         with_receipt: sent.map_or(0, |r| r.with_receipt),
     })
+}
+
+db_row! {
+    /// Where a page starts: the cursor message's creation time.
+    struct CursorRow {
+        created_at: i64,
+    }
+}
+
+const CURSOR: &str = "SELECT created_at FROM messages WHERE id = $1";
+
+/// A page newest first, older than ($1, $2), in status $3 ('' = any); (created_at, id)
+/// indexed since migration 0005.
+const LIST: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM messages WHERE (created_at, id) < ($1, $2) AND ($3 = '' OR status = $3) \
+     ORDER BY created_at DESC, id DESC LIMIT $4"
+);
+
+/// The same, for the message whose id, correlation id or recipient is $5 (each indexed).
+const LIST_Q: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM messages WHERE (created_at, id) < ($1, $2) AND ($3 = '' OR status = $3) \
+     AND (id = $5 OR correlation_id = $5 OR recipient = $5) \
+     ORDER BY created_at DESC, id DESC LIMIT $4"
+);
+
+/// See [`Store::list`](super::Store::list).
+pub(super) async fn list(
+    tx: &mut Tx,
+    query: &ListQuery,
+) -> Result<Option<Vec<MessageSummary>>, StoreError> {
+    // No cursor: after every message (ids are UUID text, all below "~").
+    let (at, id) = match query.before {
+        None => (i64::MAX, "~".to_string()),
+        Some(before) => {
+            let before = before.to_string();
+            let row: Option<CursorRow> = tx.fetch_optional(CURSOR, &[Text(&before)]).await?;
+            match row {
+                Some(r) => (r.created_at, before),
+                None => return Ok(None),
+            }
+        }
+    };
+    let status = query.status.map_or("", |s| s.as_str());
+    let limit = i64::from(query.limit);
+    let rows: Vec<MessageRow> = match query.q.as_deref() {
+        None => {
+            tx.fetch_all(LIST, &[Int(at), Text(&id), Text(status), Int(limit)])
+                .await?
+        }
+        Some(q) => {
+            tx.fetch_all(
+                LIST_Q,
+                &[Int(at), Text(&id), Text(status), Int(limit), Text(q)],
+            )
+            .await?
+        }
+    };
+    rows.into_iter()
+        .map(|row| {
+            Ok(MessageSummary {
+                id: parse_id(&row.id)?,
+                correlation_id: row.correlation_id,
+                recipient: row.recipient,
+                body: row.body,
+                status: parse_status(&row.status)?,
+                attempts: to_u32(row.attempts, "attempts")?,
+                next_attempt_at: row.next_attempt_at,
+                last_error: row.last_error,
+                last_error_class: row.last_error_class,
+                provider_message_id: row.provider_message_id,
+                created_at: row.created_at,
+                updated_at: row.updated_at,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()
+        .map(Some)
+}
+
+db_row! {
+    /// Failed messages of one class.
+    struct FailureGroupRow {
+        error_class: String,
+        n: i64,
+        example_error: Option<String>,
+        latest_at: i64,
+    }
+}
+
+const FAILURE_GROUPS: &str = "\
+SELECT COALESCE(last_error_class, 'unknown') AS error_class, COUNT(*) AS n,
+       MAX(last_error) AS example_error, MAX(updated_at) AS latest_at
+FROM messages WHERE status = 'failed'
+GROUP BY COALESCE(last_error_class, 'unknown') ORDER BY n DESC, error_class";
+
+/// See [`Store::failure_groups`](super::Store::failure_groups).
+pub(super) async fn failure_groups(tx: &mut Tx) -> Result<Vec<FailureGroup>, StoreError> {
+    let rows: Vec<FailureGroupRow> = tx.fetch_all(FAILURE_GROUPS, &[]).await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| FailureGroup {
+            error_class: r.error_class,
+            count: r.n,
+            example_error: r.example_error,
+            latest_at: r.latest_at,
+        })
+        .collect())
+}
+
+const FAILED_OF_CLASS: &str = "\
+SELECT id FROM messages WHERE status = 'failed' AND COALESCE(last_error_class, 'unknown') = $1
+ORDER BY updated_at, id LIMIT $2";
+
+/// See [`Store::failed_of_class`](super::Store::failed_of_class).
+pub(super) async fn failed_of_class(
+    tx: &mut Tx,
+    class: &str,
+    limit: u32,
+) -> Result<Vec<Uuid>, StoreError> {
+    let rows: Vec<OtherIdRow> = tx
+        .fetch_all(FAILED_OF_CLASS, &[Text(class), Int(i64::from(limit))])
+        .await?;
+    rows.iter().map(|r| parse_id(&r.id)).collect()
 }
 
 db_row! {

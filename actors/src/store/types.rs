@@ -294,6 +294,61 @@ pub struct MessageRecord {
     pub receipts: Vec<ReceiptRecord>,
 }
 
+/// A message without its history, as a list shows it ([`Store::list`]).
+///
+/// [`Store::list`]: super::Store::list
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct MessageSummary {
+    pub id: Uuid,
+    pub correlation_id: String,
+    /// Destination number; empty for invalid messages.
+    pub recipient: String,
+    /// Text; for invalid messages the raw payload (lossy UTF-8).
+    pub body: String,
+    pub status: MessageStatus,
+    /// Attempts spent against the retry budget.
+    pub attempts: u32,
+    /// When the scheduled retry is due (Unix ms).
+    pub next_attempt_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_error_class: Option<String>,
+    pub provider_message_id: Option<String>,
+    /// When it was first recorded (Unix ms).
+    pub created_at: i64,
+    /// When it last changed (Unix ms).
+    pub updated_at: i64,
+}
+
+/// What to list ([`Store::list`]): newest first.
+///
+/// [`Store::list`]: super::Store::list
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only messages in this status.
+    pub status: Option<MessageStatus>,
+    /// Only the message with this id, correlation id or recipient (exact).
+    pub q: Option<String>,
+    /// Only messages older than this one (the last of the previous page).
+    pub before: Option<Uuid>,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// Failed messages of one error class ([`Store::failure_groups`]).
+///
+/// [`Store::failure_groups`]: super::Store::failure_groups
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct FailureGroup {
+    /// The last error's class (`unknown` when there is none).
+    pub error_class: String,
+    /// Failed messages of that class.
+    pub count: i64,
+    /// One of their last errors, as an example.
+    pub example_error: Option<String>,
+    /// When the latest of them failed (Unix ms).
+    pub latest_at: i64,
+}
+
 /// Final receipts of one kind in a window: how many messages got `status` with `error_code`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FinalCount {
