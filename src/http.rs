@@ -13,6 +13,9 @@
 //! | `GET /readyz` | `application/health+json`: database, broker, scheduler (decide readiness) and the provider's circuit (only warns) |
 //! | `GET /metrics` | Prometheus text format (see [`crate::metrics`]) |
 //! | `GET /messages/{id}` | a message's state and attempt history (body and recipient masked unless the admin token asks `?reveal=true`) |
+//! | `GET /messages` | messages newest first, a page at a time (`status`, `q` = an exact id, correlation id or recipient, `before`, `limit`); masked like one message |
+//! | `GET /messages/failures` | failed messages grouped by their last error's class |
+//! | `POST /messages/failures/{class}/retry` | put a whole failure group back into play (admin; at most 500 a call) |
 //! | `GET /openapi.json` | this API's OpenAPI description ([`crate::openapi`]) |
 //! | `POST /messages/{id}/retry` | put a failed message back into play (admin) |
 //! | `POST /failed/redrive` | re-drive the failed queue, rate-limited; `?dry_run=true` reports what it would (admin) |
@@ -40,6 +43,7 @@ use drover_actors::pipeline::Pipeline;
 use drover_actors::pipeline::admin::{self, AdminError, Consumption, Intake};
 use drover_actors::pipeline::ops::circuit_level;
 use drover_actors::provider::{CircuitState, ProviderKind, receipt};
+use drover_actors::store::{ListQuery, MessageStatus};
 use drover_actors::supervisor::{SupervisorError, SupervisorMessage};
 use drover_actors::tree::{LookupError, NodeStatus, Tree, TreeSnapshot};
 use ractor::ActorRef;
@@ -108,8 +112,12 @@ pub fn router_with_metrics(
         .route("/actors/{*rest}", post(actor_action))
         .route(
             "/messages",
-            post(accept_message).layer(DefaultBodyLimit::max(max_payload)),
+            post(accept_message)
+                .layer(DefaultBodyLimit::max(max_payload))
+                .get(list_messages),
         )
+        .route("/messages/failures", get(failure_groups))
+        .route("/messages/failures/{class}/retry", post(retry_group))
         .route("/messages/{id}", get(get_message))
         .route("/messages/{id}/retry", post(retry_message))
         .route("/failed/redrive", post(redrive))
@@ -819,6 +827,168 @@ async fn get_message(
             axum::Json(if reveal { value } else { mask_record(value) }).into_response()
         }
         Ok(None) => error(StatusCode::NOT_FOUND, &format!("no message {id}")),
+        Err(e) => admin_error(&e),
+    }
+}
+
+/// `GET /messages` query.
+#[derive(Debug, Deserialize)]
+struct ListParams {
+    status: Option<String>,
+    q: Option<String>,
+    before: Option<String>,
+    limit: Option<u32>,
+    reveal: Option<bool>,
+}
+
+/// Most messages a page holds.
+const MAX_PAGE: u32 = 200;
+
+/// `GET /messages`: newest first, a page at a time (`before` = the last id of the previous
+/// page, `next_before` in the answer); body and recipient masked unless revealed.
+#[utoipa::path(get, path = "/messages", tag = "messages",
+    params(
+        ("status" = Option<String>, Query, description = "Only this status (queued, sending, sent, retry_scheduled, failed, invalid)"),
+        ("q" = Option<String>, Query, description = "Only the message whose id, correlation id or recipient is exactly this"),
+        ("before" = Option<uuid::Uuid>, Query, description = "Only messages older than this one (the previous page's next_before)"),
+        ("limit" = Option<u32>, Query, description = "At most this many, 1 to 200 (50)"),
+        ("reveal" = Option<bool>, Query, description = "Show bodies and recipients unmasked (admin token only)")),
+    responses(
+        (status = 200, description = "A page, newest first", body = crate::responses::MessagePage),
+        (status = 400, description = "A bad status, cursor or limit", body = crate::responses::ErrorBody),
+        (status = 401, description = "A wrong token, or none while api.token is set", body = crate::responses::ErrorBody),
+        (status = 403, description = "?reveal=true without the admin token", body = crate::responses::ErrorBody),
+        (status = 503, description = "The store did not answer", body = crate::responses::ErrorBody),
+    ),
+    security((), ("api_token" = []), ("admin_token" = [])))]
+async fn list_messages(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<ListParams>, QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(r) => return bad_query(&r),
+    };
+    let caller = match app.access.messages(&headers) {
+        Ok(c) => c,
+        Err((code, why)) => return error(code, why),
+    };
+    let reveal = q.reveal.unwrap_or(false);
+    if reveal && caller != Caller::Admin {
+        return error(
+            StatusCode::FORBIDDEN,
+            "?reveal=true needs the admin token (Authorization: Bearer <admin.token>)",
+        );
+    }
+    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => match MessageStatus::parse(s) {
+            Some(s) => Some(s),
+            None => return error(StatusCode::BAD_REQUEST, &format!("`{s}` is not a status")),
+        },
+    };
+    let before = match q.before.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(raw) => match parse_id(raw) {
+            Ok(id) => Some(id),
+            Err(r) => return r.into_response(),
+        },
+    };
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("limit must be 1 to {MAX_PAGE}"),
+        );
+    }
+    let p = match pipeline_of(&app) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    let query = ListQuery {
+        status,
+        q: q.q.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()),
+        before,
+        limit,
+    };
+    match admin::list(p, &query).await {
+        Ok(Some(page)) => {
+            let next_before = (page.len() == limit as usize)
+                .then(|| page.last().map(|m| m.id))
+                .flatten();
+            let messages: Vec<Value> = page
+                .iter()
+                .map(|m| {
+                    let v = serde_json::to_value(m).unwrap_or(Value::Null);
+                    if reveal { v } else { mask_record(v) }
+                })
+                .collect();
+            axum::Json(json!({ "messages": messages, "next_before": next_before })).into_response()
+        }
+        Ok(None) => error(
+            StatusCode::BAD_REQUEST,
+            "`before` names no message (start again without it)",
+        ),
+        Err(e) => admin_error(&e),
+    }
+}
+
+/// `GET /messages/failures`: failed messages grouped by their last error's class.
+#[utoipa::path(get, path = "/messages/failures", tag = "messages",
+    responses(
+        (status = 200, description = "The groups, the largest first", body = crate::responses::FailureGroups),
+        (status = 401, description = "A wrong token, or none while api.token is set", body = crate::responses::ErrorBody),
+        (status = 503, description = "The store did not answer", body = crate::responses::ErrorBody),
+    ),
+    security((), ("api_token" = []), ("admin_token" = [])))]
+async fn failure_groups(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err((code, why)) = app.access.messages(&headers) {
+        return error(code, why);
+    }
+    let p = match pipeline_of(&app) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    match admin::failure_groups(p).await {
+        Ok(groups) => axum::Json(json!({ "groups": groups })).into_response(),
+        Err(e) => admin_error(&e),
+    }
+}
+
+/// `POST /messages/failures/{class}/retry` (admin): a whole failure group back into play.
+#[utoipa::path(post, path = "/messages/failures/{class}/retry", tag = "admin",
+    params(("class" = String, Path, description = "The error class, as GET /messages/failures names it")),
+    responses(
+        (status = 202, description = "Put back into play (at most 500 a call)", body = crate::responses::GroupRetried),
+        (status = 401, description = "Not the admin token", body = crate::responses::ErrorBody),
+        (status = 403, description = "admin.allow_destructive_actions is off", body = crate::responses::ErrorBody),
+        (status = 503, description = "The scheduler or the store did not answer", body = crate::responses::ErrorBody),
+    ),
+    security(("admin_token" = [])))]
+async fn retry_group(
+    State(app): State<AppState>,
+    Path(class): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err((code, why)) = app.access.destructive(&headers) {
+        return error(code, why);
+    }
+    let p = match pipeline_of(&app) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    match admin::retry_group(p, &class).await {
+        Ok(done) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({
+                "error_class": class,
+                "retried": done.retried,
+                "skipped": done.skipped,
+                "more": done.retried + done.skipped >= admin::GROUP_RETRY_MAX as usize,
+            })),
+        )
+            .into_response(),
         Err(e) => admin_error(&e),
     }
 }

@@ -7,14 +7,15 @@
 //! binary with this description (`tests/run.sh`), so a handler that drifts from it fails there.
 
 use drover_actors::store::{
-    AttemptRecord, MessageRecord, MessageStatus, OutcomeKind, ReceiptRecord,
+    AttemptRecord, FailureGroup, MessageRecord, MessageStatus, MessageSummary, OutcomeKind,
+    ReceiptRecord,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::responses::{
-    Accepted, Consumption, Duplicate, ErrorBody, Killed, RedriveDryRun, Redriving, Restarted,
-    Retried, SubmitMessage, Terminated,
+    Accepted, Consumption, Duplicate, ErrorBody, FailureGroups, GroupRetried, Killed, MessagePage,
+    RedriveDryRun, Redriving, Restarted, Retried, SubmitMessage, Terminated,
 };
 
 /// Name of the security scheme of `api.token`.
@@ -66,6 +67,9 @@ impl Modify for SecuritySchemes {
         crate::http::openapi_json,
         crate::http::accept_message,
         crate::http::get_message,
+        crate::http::list_messages,
+        crate::http::failure_groups,
+        crate::http::retry_group,
         crate::http::kill_actor,
         crate::http::terminate_actor,
         crate::http::restart_actor,
@@ -78,7 +82,8 @@ impl Modify for SecuritySchemes {
     components(schemas(
         SubmitMessage, Accepted, Duplicate, ErrorBody, Killed, Terminated, Restarted, Retried,
         RedriveDryRun, Redriving,
-        Consumption, MessageRecord, AttemptRecord, ReceiptRecord, MessageStatus, OutcomeKind
+        Consumption, MessageRecord, AttemptRecord, ReceiptRecord, MessageStatus, OutcomeKind,
+        MessagePage, FailureGroups, GroupRetried, MessageSummary, FailureGroup
     )),
     modifiers(&SecuritySchemes),
 )]
@@ -108,6 +113,8 @@ mod tests {
             "/openapi.json",
             "/messages",
             "/messages/{id}",
+            "/messages/failures",
+            "/messages/failures/{class}/retry",
             "/actors/{path}/kill",
             "/actors/{path}/terminate",
             "/actors/{path}/restart",

@@ -124,3 +124,30 @@ pub struct Consumption {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
+
+/// `200` to `GET /messages`: a page, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessagePage {
+    /// Body and recipient masked unless revealed.
+    pub messages: Vec<drover_actors::store::MessageSummary>,
+    /// Pass as `before` for the next page; `null` on the last.
+    pub next_before: Option<Uuid>,
+}
+
+/// `200` to `GET /messages/failures`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FailureGroups {
+    pub groups: Vec<drover_actors::store::FailureGroup>,
+}
+
+/// `202` to `POST /messages/failures/{class}/retry`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupRetried {
+    pub error_class: String,
+    /// Put back into play.
+    pub retried: u64,
+    /// No longer failed when their turn came.
+    pub skipped: u64,
+    /// The group had more than one call takes: call again.
+    pub more: bool,
+}

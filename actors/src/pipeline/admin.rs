@@ -18,7 +18,7 @@ use crate::pipeline::ops::{RedriveRefused, RedriveStatus};
 use crate::pipeline::scheduler::SchedulerMessage;
 use crate::pipeline::store_worker::store_of;
 use crate::pipeline::{Pipeline, PipelineError};
-use crate::store::{MessageRecord, MessageStatus};
+use crate::store::{FailureGroup, ListQuery, MessageRecord, MessageStatus, MessageSummary};
 
 /// How long an operator call waits for the actors it reaches.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,6 +125,75 @@ pub async fn record_receipt(
 /// A message's stored record, if there is one.
 pub async fn find(p: &Pipeline, id: Uuid) -> Result<Option<MessageRecord>, AdminError> {
     stored(p, id, ADMIN_TIMEOUT).await
+}
+
+/// A page of messages (see [`Store::list`](crate::store::Store::list)); `None` when the
+/// query's cursor names no message.
+pub async fn list(
+    p: &Pipeline,
+    query: &ListQuery,
+) -> Result<Option<Vec<MessageSummary>>, AdminError> {
+    within("the store", ADMIN_TIMEOUT, async {
+        let store = store_of(p).await.map_err(|e| e.to_string())?;
+        store.list(query).await.map_err(|e| e.to_string())
+    })
+    .await
+}
+
+/// Failed messages grouped by their last error's class.
+pub async fn failure_groups(p: &Pipeline) -> Result<Vec<FailureGroup>, AdminError> {
+    within("the store", ADMIN_TIMEOUT, async {
+        let store = store_of(p).await.map_err(|e| e.to_string())?;
+        store.failure_groups().await.map_err(|e| e.to_string())
+    })
+    .await
+}
+
+/// Most failed messages one group retry puts back into play; a larger group takes more calls.
+pub const GROUP_RETRY_MAX: u32 = 500;
+
+/// What a group retry did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupRetry {
+    /// Put back into play.
+    pub retried: usize,
+    /// Found failed but no longer failed when retried (another operator, a re-drive).
+    pub skipped: usize,
+}
+
+/// Put back into play every failed message of error class `class` (at most
+/// [`GROUP_RETRY_MAX`] a call, the oldest failures first), each as [`retry`] does.
+pub async fn retry_group(p: &Pipeline, class: &str) -> Result<GroupRetry, AdminError> {
+    let ids = within("the store", ADMIN_TIMEOUT, async {
+        let store = store_of(p).await.map_err(|e| e.to_string())?;
+        store
+            .failed_of_class(class, GROUP_RETRY_MAX)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await?;
+    let mut done = GroupRetry {
+        retried: 0,
+        skipped: 0,
+    };
+    for id in ids {
+        match retry(p, id).await {
+            Ok(()) => done.retried += 1,
+            Err(AdminError::NotFailed { .. } | AdminError::NoSuchMessage(_)) => done.skipped += 1,
+            Err(e) if done.retried == 0 => return Err(e),
+            // Part of the group is back in play: say so rather than fail the whole call.
+            Err(e) => {
+                tracing::warn!(error = %e, class, retried = done.retried, "group retry stopped early");
+                break;
+            }
+        }
+    }
+    tracing::warn!(
+        class,
+        retried = done.retried,
+        "failure group put back into play on operator request"
+    );
+    Ok(done)
 }
 
 /// Put a failed message back into play (through the scheduler).
