@@ -10,6 +10,7 @@ use drover_actors::message::MessageConfig;
 use drover_actors::pipeline::alerts::AlertConfig;
 use drover_actors::pipeline::canary::CanaryConfig;
 use drover_actors::pipeline::delivery_rate::DeliveryRateConfig;
+use drover_actors::pipeline::trends::TrendsConfig;
 use drover_actors::pipeline::{DeliveryConfig, PipelineConfig, SchedulerConfig};
 use drover_actors::provider::ProviderConfig;
 use drover_actors::redact::redact_url;
@@ -59,6 +60,7 @@ pub struct Config {
     pub alerts: AlertConfig,
     pub delivery_rate: DeliveryRateConfig,
     pub canary: CanaryConfig,
+    pub trends: TrendsConfig,
     pub demo: DemoConfig,
 }
 
@@ -104,6 +106,7 @@ impl Config {
             alerts: self.alerts.clone(),
             delivery_rate: self.delivery_rate.clone(),
             canary: self.canary.clone(),
+            trends: self.trends.clone(),
             queue_sample_ms: self.http.queue_sample_ms,
         }
     }

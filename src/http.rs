@@ -13,6 +13,7 @@
 //! | `GET /readyz` | `application/health+json`: database, broker, scheduler (decide readiness) and the provider's circuit (only warns) |
 //! | `GET /metrics` | Prometheus text format (see [`crate::metrics`]) |
 //! | `GET /messages/{id}` | a message's state and attempt history (body and recipient masked unless the admin token asks `?reveal=true`) |
+//! | `GET /trends` | the last 15 minutes sampled: throughput by outcome, provider latency, queue depths, restarts |
 //! | `GET /messages` | messages newest first, a page at a time (`status`, `q` = an exact id, correlation id or recipient, `before`, `limit`); masked like one message |
 //! | `GET /messages/failures` | failed messages grouped by their last error's class |
 //! | `POST /messages/failures/{class}/retry` | put a whole failure group back into play (admin; at most 500 a call) |
@@ -108,6 +109,7 @@ pub fn router_with_metrics(
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/trends", get(trends))
         .route("/openapi.json", get(openapi_json))
         .route("/actors/{*rest}", post(actor_action))
         .route(
@@ -682,6 +684,19 @@ async fn openapi_json(State(app): State<AppState>) -> Response {
             StatusCode::NOT_FOUND,
             "this router was built without an API description",
         ),
+    }
+}
+
+/// `GET /trends`: the last minutes sampled by the trends worker (empty without a pipeline or
+/// before its first sample). Counts and depths only, like `/metrics`.
+#[utoipa::path(get, path = "/trends", tag = "probes",
+    responses((status = 200, description = "Samples, oldest first", body = crate::responses::TrendsBody)))]
+async fn trends(State(app): State<AppState>) -> Response {
+    match &app.pipeline {
+        Some(p) => axum::Json(&*p.ops.trends()).into_response(),
+        None => {
+            axum::Json(json!({ "sample_ms": 0, "window_ms": 0, "samples": [] })).into_response()
+        }
     }
 }
 

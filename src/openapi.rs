@@ -15,7 +15,8 @@ use utoipa::{Modify, OpenApi};
 
 use crate::responses::{
     Accepted, Consumption, Duplicate, ErrorBody, FailureGroups, GroupRetried, Killed, MessagePage,
-    RedriveDryRun, Redriving, Restarted, Retried, SubmitMessage, Terminated,
+    RedriveDryRun, Redriving, Restarted, Retried, SubmitMessage, Terminated, TrendSampleBody,
+    TrendsBody,
 };
 
 /// Name of the security scheme of `api.token`.
@@ -64,6 +65,7 @@ impl Modify for SecuritySchemes {
         crate::http::livez,
         crate::http::readyz,
         crate::http::metrics_text,
+        crate::http::trends,
         crate::http::openapi_json,
         crate::http::accept_message,
         crate::http::get_message,
@@ -83,7 +85,8 @@ impl Modify for SecuritySchemes {
         SubmitMessage, Accepted, Duplicate, ErrorBody, Killed, Terminated, Restarted, Retried,
         RedriveDryRun, Redriving,
         Consumption, MessageRecord, AttemptRecord, ReceiptRecord, MessageStatus, OutcomeKind,
-        MessagePage, FailureGroups, GroupRetried, MessageSummary, FailureGroup
+        MessagePage, FailureGroups, GroupRetried, MessageSummary, FailureGroup, TrendsBody,
+        TrendSampleBody
     )),
     modifiers(&SecuritySchemes),
 )]
@@ -110,6 +113,7 @@ mod tests {
             "/livez",
             "/readyz",
             "/metrics",
+            "/trends",
             "/openapi.json",
             "/messages",
             "/messages/{id}",

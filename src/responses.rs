@@ -151,3 +151,34 @@ pub struct GroupRetried {
     /// The group had more than one call takes: call again.
     pub more: bool,
 }
+
+/// `200` to `GET /trends` (built by `drover_actors::pipeline::trends`).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // documentation only: the handler serializes the trends worker's ring
+pub struct TrendsBody {
+    /// One sample per this many milliseconds.
+    sample_ms: u64,
+    /// Samples of this long are kept.
+    window_ms: u64,
+    /// Oldest first.
+    samples: Vec<TrendSampleBody>,
+}
+
+/// One interval of `GET /trends`.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // documentation only
+pub struct TrendSampleBody {
+    /// End of the interval (Unix ms).
+    at_ms: i64,
+    interval_ms: u64,
+    /// Attempts by outcome (sent, retry, failed, deferred, ambiguous) and invalid messages.
+    outcomes: std::collections::BTreeMap<String, u64>,
+    /// Provider calls.
+    calls: u64,
+    /// Their mean latency; null without a call.
+    latency_ms: Option<f64>,
+    /// Messages ready per queue.
+    queues: std::collections::BTreeMap<String, u32>,
+    /// Restarts in the tree.
+    restarts: u64,
+}

@@ -171,6 +171,7 @@ async fn every_route_by_caller_switch_and_api_token() {
                 (Kind::Open, "GET", "/livez".into(), StatusCode::OK),
                 (Kind::Open, "GET", "/readyz".into(), StatusCode::OK),
                 (Kind::Open, "GET", "/metrics".into(), StatusCode::OK),
+                (Kind::Open, "GET", "/trends".into(), StatusCode::OK),
                 (Kind::Open, "GET", "/openapi.json".into(), StatusCode::OK),
                 (
                     Kind::Messages,
@@ -305,14 +306,14 @@ async fn every_route_by_caller_switch_and_api_token() {
                 }
             }
             // Probes never show a body either.
-            for uri in ["/status", "/metrics"] {
+            for uri in ["/status", "/metrics", "/trends"] {
                 let a = request(&t.router, "GET", uri, &[], "").await;
                 assert!(!a.text.contains("4242"), "{uri}: {}", a.text);
             }
             t.finish().await;
         }
     }
-    assert_eq!(checked, 4 * 4 * 21);
+    assert_eq!(checked, 4 * 4 * 22);
 }
 
 /// Only `application/json` is taken: a cross-site form post (`text/plain`,

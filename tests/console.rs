@@ -2,7 +2,7 @@
 //! the mock Twilio refusing some recipients. `GET /messages` pages newest first and filters by
 //! status and by an exact id, correlation id or recipient; `GET /messages/failures` groups the
 //! failed ones by class; `POST /messages/failures/{class}/retry` puts a whole group back into
-//! play; every attempt carries the provider call's latency.
+//! play; every attempt carries the provider call's latency; `GET /trends` holds the traffic.
 
 mod support;
 
@@ -56,6 +56,7 @@ async fn messages_page_filter_group_and_retry_by_group() {
     env.config.admin.allow_destructive_actions = true;
     env.config.delivery.max_attempts = 2;
     env.provider.set_latency(20, 30);
+    env.config.trends.sample_ms = 200;
     // Recipients 1-3 are invalid at the provider (21211: permanent), 4-5 always answer 503
     // (given up after two attempts); 0, 6-9 are sent.
     for n in 1..=3 {
@@ -197,6 +198,35 @@ async fn messages_page_filter_group_and_retry_by_group() {
     }
     let groups = api.get("/messages/failures").await;
     assert_eq!(groups["groups"].as_array().unwrap().len(), 1, "{groups}");
+
+    // The trends hold the traffic: 7 sent in all (5 + the 2 retried), provider latency.
+    let trends = support::wait_for("the trends to hold every send", LIMIT, || async {
+        let t = api.get("/trends").await;
+        let samples = t["samples"].as_array().cloned().unwrap_or_default();
+        let sent: u64 = samples
+            .iter()
+            .map(|s| s["outcomes"]["sent"].as_u64().unwrap_or(0))
+            .sum();
+        if sent >= 7 {
+            Ok(t)
+        } else {
+            Err(format!("{sent} sent: {t}"))
+        }
+    })
+    .await;
+    let samples = trends["samples"].as_array().unwrap();
+    assert_eq!(trends["sample_ms"], 200);
+    assert!(
+        samples
+            .iter()
+            .any(|s| s["latency_ms"].as_f64().is_some_and(|l| l >= 20.0)),
+        "{trends}"
+    );
+    let failed: u64 = samples
+        .iter()
+        .map(|s| s["outcomes"]["failed"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(failed, 5, "{trends}");
 
     app.shutdown().await.expect("clean shutdown");
     publisher.close().await;

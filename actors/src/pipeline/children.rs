@@ -3,7 +3,7 @@
 
 use crate::pipeline::{
     Pipeline, alerts, broker, canary, delivery_rate, monitor, provider_worker, scheduler,
-    store_worker,
+    store_worker, trends,
 };
 use crate::supervisor::ChildSpec;
 
@@ -12,7 +12,7 @@ use crate::supervisor::ChildSpec;
 pub fn pipeline_children(p: &Pipeline) -> Vec<ChildSpec> {
     let backoff = p.config.supervision.backoff;
     let (ps, pp, pb, psch) = (p.clone(), p.clone(), p.clone(), p.clone());
-    let (pa, pm) = (p.clone(), p.clone());
+    let (pa, pm, pt) = (p.clone(), p.clone(), p.clone());
     let mut children = vec![
         ChildSpec::worker("alerts", move |_| (alerts::AlertWorker, pa.clone())).backoff(backoff),
         ChildSpec::worker("store", move |_| (store_worker::StoreWorker, ps.clone()))
@@ -28,6 +28,7 @@ pub fn pipeline_children(p: &Pipeline) -> Vec<ChildSpec> {
         .backoff(backoff),
         ChildSpec::worker("monitor", move |_| (monitor::MonitorWorker, pm.clone()))
             .backoff(backoff),
+        ChildSpec::worker("trends", move |_| (trends::TrendsWorker, pt.clone())).backoff(backoff),
     ];
     if p.config.provider.receipts_on() {
         let pd = p.clone();

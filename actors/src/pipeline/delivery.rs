@@ -409,7 +409,7 @@ async fn reconciled(
                 .record_outcome(msg.id, attempt, &outcome, p.clock.now_ms())
                 .await
                 .map_err(|e| suspect(p, e))?;
-            p.ops.metrics.outcome(outcome.kind()).increment(1);
+            p.ops.metrics.count_outcome(outcome.kind());
             ack(delivery).await?;
             Ok(true)
         }
@@ -470,8 +470,7 @@ async fn call_and_decide(p: &Pipeline, a: &Admitted) -> Result<Decision, Pipelin
         Ok(CallResult::Success(sent)) => {
             let latency = called.elapsed();
             if matches!(sent, SendResult::Done(_)) {
-                p.ops.metrics.attempts.increment(1);
-                p.ops.metrics.provider_latency.record(latency.as_secs_f64());
+                p.ops.metrics.count_call(latency);
             }
             let now = p.clock.now_ms();
             let mut rng = SplitMix64::new(msg.id.as_u128() as u64 ^ attempt as u64);
@@ -519,7 +518,7 @@ async fn apply(
         .record_outcome(msg.id, attempt, &outcome, now)
         .await
         .map_err(|e| suspect(p, e))?;
-    p.ops.metrics.outcome(outcome.kind()).increment(1);
+    p.ops.metrics.count_outcome(outcome.kind());
     match &outcome {
         AttemptOutcome::Sent { .. } => tracing::info!("sent"),
         AttemptOutcome::Reconciled { .. } => tracing::info!("sent (found at the provider)"),
@@ -637,7 +636,7 @@ async fn set_aside(
 ) -> Result<(), PipelineError> {
     let reason = invalid.reason();
     let row = record_set_aside(p, store, d, id, &reason, "invalid").await?;
-    p.ops.metrics.invalid().increment(1);
+    p.ops.metrics.count_invalid();
     tracing::warn!(id = ?row, class = invalid.class(), %reason, "invalid message set aside");
     let copy = invalid_copy(
         received(d),
@@ -668,7 +667,7 @@ async fn quarantine(
         }
     }
     let row = record_set_aside(p, store, d, id, &reason, "poison").await?;
-    p.ops.metrics.invalid().increment(1);
+    p.ops.metrics.count_invalid();
     tracing::error!(alert = "poison", id = ?row, %reason, "poison message quarantined to the invalid queue");
     let copy = invalid_copy(
         received(d),

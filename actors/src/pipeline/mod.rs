@@ -13,6 +13,7 @@
 //! │       └── delivery-N  DeliveryWorker (temporary)          delivery.rs, decide.rs
 //! ├── scheduler   SchedulerWorker  scheduler.rs        republishes due retries from the database
 //! ├── monitor     MonitorWorker    monitor.rs          caches queue depths; alerts on a backlog
+//! ├── trends      TrendsWorker     trends.rs           the last 15 minutes, sampled for the console
 //! ├── delivery_rate  DeliveryRateWorker  delivery_rate.rs  (receipts on) alerts on a bad delivery rate
 //! └── canary      CanaryWorker     canary.rs           (canary.every_ms > 0) an end-to-end probe
 //! ```
@@ -43,6 +44,7 @@ pub mod provider_worker;
 pub mod scheduler;
 pub mod set_aside;
 pub mod store_worker;
+pub mod trends;
 
 use ractor::ActorRef;
 use std::sync::Arc;

@@ -108,6 +108,59 @@ pub struct PipelineMetrics {
     canary: [Counter; 4],
     /// One per [`CANARY_STAGES`].
     canary_seconds: [Gauge; 2],
+    /// The same events as plain totals this process can read back, for the trends.
+    pub tallies: Arc<Tallies>,
+}
+
+/// Totals of what the counters count, readable in-process (a `metrics` counter is write-only):
+/// what the trends worker samples.
+#[derive(Debug, Default)]
+pub struct Tallies {
+    /// Per [`Tallies::OUTCOMES`].
+    outcomes: [AtomicU64; 6],
+    latency_us: AtomicU64,
+    calls: AtomicU64,
+}
+
+/// A reading of [`Tallies`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TallyReading {
+    /// Per [`Tallies::OUTCOMES`].
+    pub outcomes: [u64; 6],
+    /// Provider calls and their summed latency.
+    pub calls: u64,
+    pub latency_us: u64,
+}
+
+impl Tallies {
+    /// The outcomes tallied, in order.
+    pub const OUTCOMES: [&'static str; 6] = [
+        "sent",
+        "retry",
+        "failed",
+        "deferred",
+        "ambiguous",
+        "invalid",
+    ];
+
+    fn index(kind: OutcomeKind) -> usize {
+        match kind {
+            OutcomeKind::Sent => 0,
+            OutcomeKind::Retry => 1,
+            OutcomeKind::Failed => 2,
+            OutcomeKind::Deferred => 3,
+            OutcomeKind::Ambiguous => 4,
+        }
+    }
+
+    /// Now.
+    pub fn read(&self) -> TallyReading {
+        TallyReading {
+            outcomes: std::array::from_fn(|i| self.outcomes[i].load(Ordering::Relaxed)),
+            calls: self.calls.load(Ordering::Relaxed),
+            latency_us: self.latency_us.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl Default for PipelineMetrics {
@@ -135,6 +188,7 @@ impl Default for PipelineMetrics {
             receipts_missing_ratio: Gauge::noop(),
             canary: CANARY_RESULTS.map(|_| Counter::noop()),
             canary_seconds: CANARY_STAGES.map(|_| Gauge::noop()),
+            tallies: Arc::default(),
         }
     }
 }
@@ -217,6 +271,7 @@ impl PipelineMetrics {
             receipts_missing_ratio: metrics::gauge!(RECEIPTS_MISSING_RATIO),
             canary: CANARY_RESULTS.map(|r| metrics::counter!(CANARY_TOTAL, "result" => r)),
             canary_seconds: CANARY_STAGES.map(|s| metrics::gauge!(CANARY_SECONDS, "stage" => s)),
+            tallies: Arc::default(),
         };
         // Make every series visible at 0 before the first event.
         for c in [
@@ -264,6 +319,28 @@ impl PipelineMetrics {
     pub fn canary_seconds(&self, stage: &str) -> &Gauge {
         let i = CANARY_STAGES.iter().position(|s| *s == stage).unwrap_or(0);
         &self.canary_seconds[i]
+    }
+
+    /// Count an attempt's recorded outcome (the counter and the tally).
+    pub fn count_outcome(&self, kind: OutcomeKind) {
+        self.outcome(kind).increment(1);
+        self.tallies.outcomes[Tallies::index(kind)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a message set aside as invalid (the counter and the tally).
+    pub fn count_invalid(&self) {
+        self.invalid.increment(1);
+        self.tallies.outcomes[5].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a provider call that took `latency` (the counter, the histogram, the tally).
+    pub fn count_call(&self, latency: std::time::Duration) {
+        self.attempts.increment(1);
+        self.provider_latency.record(latency.as_secs_f64());
+        self.tallies.calls.fetch_add(1, Ordering::Relaxed);
+        self.tallies
+            .latency_us
+            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// The counter of an attempt's recorded outcome.
@@ -348,6 +425,7 @@ struct Cells {
     consumption_paused: AtomicBool,
     redrive: Mutex<RedriveStatus>,
     consumed: AtomicU64,
+    trends: RwLock<Arc<crate::pipeline::trends::Trends>>,
     /// The store worker's handle, with the incarnation that published it.
     store: RwLock<Option<(ractor::ActorId, crate::store::Store)>>,
 }
@@ -406,6 +484,16 @@ impl Ops {
         if cell.as_ref() != Some(&state) {
             *cell = Some(state);
         }
+    }
+
+    /// The trends as last sampled (empty before the first sample).
+    pub fn trends(&self) -> Arc<crate::pipeline::trends::Trends> {
+        self.cells.trends.read().clone()
+    }
+
+    /// Written by the trends worker after each sample.
+    pub fn set_trends(&self, trends: Arc<crate::pipeline::trends::Trends>) {
+        *self.cells.trends.write() = trends;
     }
 
     /// The store worker's last connection check.
