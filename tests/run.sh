@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine with only the Rust toolchain:
 #   1. installs RabbitMQ (Debian's rabbitmq-server) and PostgreSQL (Debian's postgresql) if absent,
+#      and Chromium with its WebDriver (chromium, chromium-driver) for the console's tests,
 #   2. generates a test CA with server and client certificates (openssl), starts both on loopback
 #      with TLS beside plain TCP (RabbitMQ 5671, PostgreSQL ssl = on) and creates the `drover`
 #      role and database,
@@ -18,8 +19,10 @@ SUDO=""
 need=()
 command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/sbin/rabbitmq-server ] || need+=(rabbitmq-server)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
-# tests/dashboard.rs renders the dashboard in headless Chromium (/usr/bin/chromium).
+# tests/dashboard.rs renders the dashboard in headless Chromium (/usr/bin/chromium);
+# tests/console_ui.rs drives it through WebDriver (Debian's chromium-driver, the same build).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing: ${need[*]}"
