@@ -160,6 +160,7 @@ impl Config {
             &mut shown.admin.token,
             &mut shown.api.token,
             &mut shown.provider.twilio.auth_token,
+            &mut shown.provider.vonage.api_secret,
         ] {
             if !secret.is_empty() {
                 *secret = "<redacted>".into();

@@ -1328,3 +1328,118 @@ async fn twilio_fetch_reads_the_status_at_the_contract_path() {
     let simulated = Provider::from_config(&ProviderConfig::default()).unwrap();
     assert_eq!(simulated.fetch(MESSAGE_SID).await, Fetched::Unsupported);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Vonage (Nexmo) SMS API
+// ---------------------------------------------------------------------------------------------
+
+fn vonage(base_url: &str) -> Provider {
+    Provider::from_config(&ProviderConfig {
+        kind: ProviderKind::Vonage,
+        timeout_ms: 2_000,
+        vonage: drover_actors::provider::VonageConfig {
+            base_url: base_url.into(),
+            api_key: "abcd1234".into(),
+            api_secret: "vonage-s3cret".into(),
+            from: "Acme".into(),
+        },
+        ..ProviderConfig::default()
+    })
+    .expect("valid vonage configuration")
+}
+
+fn vonage_answer(status: &str, extra: Value) -> ResponseTemplate {
+    let mut part = json!({ "to": "15551234567", "status": status });
+    for (k, v) in extra.as_object().unwrap() {
+        part[k] = v.clone();
+    }
+    ResponseTemplate::new(200).set_body_json(json!({ "message-count": "1", "messages": [part] }))
+}
+
+#[tokio::test]
+async fn vonage_sends_its_form_and_reads_each_status() {
+    let server = MockServer::start().await;
+    let m = msg(None);
+    Mock::given(method("POST"))
+        .and(path("/sms/json"))
+        .and(header("content-type", "application/x-www-form-urlencoded"))
+        .respond_with(vonage_answer(
+            "0",
+            json!({ "message-id": "0A0000001234ABCD", "remaining-balance": "3.14", "message-price": "0.0333", "network": "310260" }),
+        ))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    let p = vonage(&server.uri());
+    assert_eq!(
+        p.send(&m, 1).await,
+        SendOutcome::Sent {
+            provider_message_id: "0A0000001234ABCD".into()
+        }
+    );
+    let req = &server.received_requests().await.unwrap()[0];
+    let form: std::collections::HashMap<String, String> = url::form_urlencoded::parse(&req.body)
+        .into_owned()
+        .collect();
+    assert_eq!(form["api_key"], "abcd1234");
+    assert_eq!(form["api_secret"], "vonage-s3cret");
+    assert_eq!(form["from"], "Acme");
+    assert_eq!(
+        form["to"],
+        m.to.trim_start_matches('+'),
+        "E.164 without its +"
+    );
+    assert_eq!(form["text"], m.body);
+    assert_eq!(form["client-ref"], m.id.to_string());
+    assert_eq!(
+        req.headers.get("x-correlation-id").unwrap(),
+        m.correlation_id.as_str()
+    );
+
+    // Refusals, one per class, each in a 200 as Vonage answers them.
+    for (status, text, class) in [
+        ("1", "Throttled", "transient"),
+        ("3", "Invalid to param", "permanent"),
+        ("4", "Bad Credentials", "fault"),
+        ("9", "Partner quota exceeded", "fault"),
+    ] {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(vonage_answer(status, json!({ "error-text": text })))
+            .mount(&server)
+            .await;
+        let got = vonage(&server.uri()).send(&m, 1).await;
+        let kind = match &got {
+            SendOutcome::Transient { .. } => "transient",
+            SendOutcome::Permanent { .. } => "permanent",
+            SendOutcome::ProviderFault { .. } => "fault",
+            _ => "other",
+        };
+        assert_eq!(kind, class, "status {status}: {got:?}");
+        assert!(got.detail().unwrap().contains(text), "{got:?}");
+    }
+    // A 5xx from the HTTP layer is transient; nobody listening is a connect error.
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&server)
+        .await;
+    assert!(matches!(
+        vonage(&server.uri()).send(&m, 1).await,
+        SendOutcome::Transient { .. }
+    ));
+    assert!(matches!(
+        vonage("http://127.0.0.1:1").send(&m, 1).await,
+        SendOutcome::Transient {
+            class: "connect",
+            ..
+        }
+    ));
+    // Vonage cannot be asked about an earlier attempt.
+    assert_eq!(
+        vonage(&server.uri())
+            .reconcile(&m, AttemptWindow::of_attempt(STARTED_MS, 5_000))
+            .await,
+        Reconciliation::Unsupported
+    );
+}

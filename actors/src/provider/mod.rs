@@ -46,6 +46,7 @@ pub mod receipt;
 pub mod reconcile;
 pub mod simulated;
 pub mod twilio;
+pub mod vonage;
 pub mod webhook;
 
 pub use circuit::{CircuitBreaker, CircuitConfig, CircuitState, Permit, Transition};
@@ -53,6 +54,7 @@ pub use receipt::Fetched;
 pub use reconcile::{AttemptWindow, Reconciliation};
 pub use simulated::{SimulatedConfig, SimulatedProvider};
 pub use twilio::{MessageResource, TwilioClient, TwilioConfig};
+pub use vonage::{VonageClient, VonageConfig};
 pub use webhook::{WebhookClient, WebhookConfig};
 
 // ---------------------------------------------------------------------------------------------
@@ -79,6 +81,8 @@ pub struct ProviderConfig {
     pub twilio: TwilioConfig,
     /// `[provider.webhook]`: used when `kind = "webhook"`.
     pub webhook: WebhookConfig,
+    /// `[provider.vonage]`: used when `kind = "vonage"`.
+    pub vonage: VonageConfig,
     /// `[provider.simulated]`: used when `kind = "simulated"`.
     pub simulated: SimulatedConfig,
     /// `[provider.circuit]`: the circuit breaker in front of whichever provider is used.
@@ -93,6 +97,7 @@ impl Default for ProviderConfig {
             reconcile_timeout_ms: 5_000,
             twilio: TwilioConfig::default(),
             webhook: WebhookConfig::default(),
+            vonage: VonageConfig::default(),
             simulated: SimulatedConfig::default(),
             circuit: CircuitConfig::default(),
         }
@@ -127,6 +132,8 @@ pub enum ProviderKind {
     Twilio,
     /// A JSON POST to a URL of your own ([`WebhookClient`]).
     Webhook,
+    /// Vonage's (Nexmo's) SMS API ([`VonageClient`]).
+    Vonage,
 }
 
 impl ProviderKind {
@@ -136,6 +143,7 @@ impl ProviderKind {
             ProviderKind::Simulated => "simulated",
             ProviderKind::Twilio => "twilio",
             ProviderKind::Webhook => "webhook",
+            ProviderKind::Vonage => "vonage",
         }
     }
 }
@@ -594,6 +602,8 @@ pub enum Provider {
     Twilio(Box<TwilioClient>),
     /// A JSON POST to a URL of your own.
     Webhook(WebhookClient),
+    /// Vonage's SMS API.
+    Vonage(VonageClient),
     /// Seeded random outcomes, no network.
     Simulated(SimulatedProvider),
 }
@@ -609,6 +619,11 @@ impl Provider {
             ProviderKind::Webhook => {
                 Provider::Webhook(WebhookClient::new(&config.webhook, config.timeout())?)
             }
+            ProviderKind::Vonage => Provider::Vonage(VonageClient::new(
+                &config.vonage,
+                config.timeout(),
+                "provider.vonage",
+            )?),
             ProviderKind::Simulated => {
                 Provider::Simulated(SimulatedProvider::new(&config.simulated)?)
             }
@@ -620,6 +635,7 @@ impl Provider {
         match self {
             Provider::Twilio(_) => ProviderKind::Twilio,
             Provider::Webhook(_) => ProviderKind::Webhook,
+            Provider::Vonage(_) => ProviderKind::Vonage,
             Provider::Simulated(_) => ProviderKind::Simulated,
         }
     }
@@ -630,6 +646,7 @@ impl Provider {
         let outcome = match self {
             Provider::Twilio(c) => c.send(msg, attempt).await,
             Provider::Webhook(c) => c.send(msg, attempt).await,
+            Provider::Vonage(c) => c.send(msg).await,
             Provider::Simulated(s) => s.send(msg, attempt).await,
         };
         tracing::debug!(
@@ -651,7 +668,9 @@ impl Provider {
     pub async fn reconcile(&self, msg: &OutboundMessage, window: AttemptWindow) -> Reconciliation {
         let found = match self {
             Provider::Twilio(c) => c.find(msg, window).await,
-            Provider::Webhook(_) | Provider::Simulated(_) => Reconciliation::Unsupported,
+            Provider::Webhook(_) | Provider::Vonage(_) | Provider::Simulated(_) => {
+                Reconciliation::Unsupported
+            }
         };
         tracing::debug!(
             provider = %self.kind(),
@@ -669,7 +688,9 @@ impl Provider {
     pub async fn fetch(&self, provider_message_id: &str) -> Fetched {
         match self {
             Provider::Twilio(c) => c.fetch(provider_message_id).await,
-            Provider::Webhook(_) | Provider::Simulated(_) => Fetched::Unsupported,
+            Provider::Webhook(_) | Provider::Vonage(_) | Provider::Simulated(_) => {
+                Fetched::Unsupported
+            }
         }
     }
 
@@ -680,6 +701,7 @@ impl Provider {
         match self {
             Provider::Twilio(c) => c.check().await,
             Provider::Webhook(c) => c.check().await,
+            Provider::Vonage(c) => c.check().await,
             Provider::Simulated(_) => Ok(()),
         }
     }
