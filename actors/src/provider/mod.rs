@@ -561,6 +561,18 @@ fn transport_outcome(err: reqwest::Error) -> SendOutcome {
     }
 }
 
+/// Any HTTP answer to `req` (a `HEAD`, even 404 or 405) proves `url` reachable; no answer
+/// (connection refused, DNS, TLS, timeout) does not.
+async fn answers(req: reqwest::RequestBuilder, url: &reqwest::Url) -> Result<(), ProviderError> {
+    req.send()
+        .await
+        .map(|_| ())
+        .map_err(|e| ProviderError::Unreachable {
+            url: redact_url(url),
+            detail: error_chain(&e.without_url()),
+        })
+}
+
 /// The outcome of an HTTP answer that is not 2xx.
 async fn error_outcome(resp: reqwest::Response) -> SendOutcome {
     let status = resp.status().as_u16();

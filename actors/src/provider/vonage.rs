@@ -280,15 +280,7 @@ impl VonageClient {
     /// Any HTTP answer from the API's host proves it reachable (a send is the only call the
     /// SMS API has, and it would send).
     pub async fn check(&self) -> Result<(), ProviderError> {
-        self.http
-            .head(self.url.clone())
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| ProviderError::Unreachable {
-                url: redact_url(&self.url),
-                detail: error_chain(&e.without_url()),
-            })
+        super::answers(self.http.head(self.url.clone()), &self.url).await
     }
 }
 

@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{
-    CORRELATION_HEADER, ProviderError, Secret, SendOutcome, error_chain, error_outcome,
-    header_text, http_client, redact_url, redacted, transport_outcome,
+    CORRELATION_HEADER, ProviderError, Secret, SendOutcome, error_outcome, header_text,
+    http_client, redact_url, redacted, transport_outcome,
 };
 use crate::message::OutboundMessage;
 
@@ -163,14 +163,7 @@ impl WebhookClient {
     /// Any HTTP answer to a `HEAD {url}` (even 404 or 405) proves the URL reachable; no
     /// answer (connection refused, DNS, TLS, timeout) does not.
     pub async fn check(&self) -> Result<(), ProviderError> {
-        self.request(self.http.head(self.url.clone()))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| ProviderError::Unreachable {
-                url: redact_url(&self.url),
-                detail: error_chain(&e.without_url()),
-            })
+        super::answers(self.request(self.http.head(self.url.clone())), &self.url).await
     }
 }
 
