@@ -10,6 +10,7 @@ use drover_actors::message::MessageConfig;
 use drover_actors::pipeline::alerts::AlertConfig;
 use drover_actors::pipeline::canary::CanaryConfig;
 use drover_actors::pipeline::delivery_rate::DeliveryRateConfig;
+use drover_actors::pipeline::route::FailoverConfig;
 use drover_actors::pipeline::trends::TrendsConfig;
 use drover_actors::pipeline::{DeliveryConfig, PipelineConfig, SchedulerConfig};
 use drover_actors::provider::ProviderConfig;
@@ -61,6 +62,7 @@ pub struct Config {
     pub delivery_rate: DeliveryRateConfig,
     pub canary: CanaryConfig,
     pub trends: TrendsConfig,
+    pub failover: FailoverConfig,
     pub demo: DemoConfig,
 }
 
@@ -107,6 +109,7 @@ impl Config {
             delivery_rate: self.delivery_rate.clone(),
             canary: self.canary.clone(),
             trends: self.trends.clone(),
+            failover: self.failover.clone(),
             queue_sample_ms: self.http.queue_sample_ms,
         }
     }
@@ -142,12 +145,10 @@ impl Config {
                 BrokerError::InvalidConfig(why) => ConfigError::Invalid(why),
                 e => ConfigError::Invalid(e.to_string()),
             })?;
-            drover_actors::provider::Provider::from_config(&self.provider).map_err(
-                |e| match e {
-                    ProviderError::InvalidConfig(why) => ConfigError::Invalid(why),
-                    e => ConfigError::Invalid(e.to_string()),
-                },
-            )?;
+            self.provider.validate_chain().map_err(|e| match e {
+                ProviderError::InvalidConfig(why) => ConfigError::Invalid(why),
+                e => ConfigError::Invalid(e.to_string()),
+            })?;
         }
         drover_actors::pipeline::delivery::lease_covers_call(&self.delivery, &self.provider)
             .map_err(ConfigError::Invalid)
@@ -168,6 +169,16 @@ impl Config {
         }
         if let Some(t) = shown.provider.webhook.bearer_token.as_mut() {
             *t = "<redacted>".into();
+        }
+        for f in &mut shown.provider.fallbacks {
+            for secret in [&mut f.twilio.auth_token, &mut f.vonage.api_secret] {
+                if !secret.is_empty() {
+                    *secret = "<redacted>".into();
+                }
+            }
+            if let Some(t) = f.webhook.bearer_token.as_mut() {
+                *t = "<redacted>".into();
+            }
         }
         // Parsed, not split: a password holding `@`, query secrets, the webhook's path token.
         shown.store.url = redact_url(&shown.store.url, false);

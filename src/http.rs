@@ -542,10 +542,15 @@ fn node_check(tree: &Tree, snap: &TreeSnapshot, path: &str) -> Value {
     })
 }
 
-fn circuit_check(p: &Pipeline, tree: &Tree) -> Value {
-    let path = p.path("provider");
+/// The readiness check of chain entry `index`: its circuit, its actor, and for the primary
+/// whether traffic has moved to a fallback.
+fn circuit_check(p: &Pipeline, tree: &Tree, index: usize) -> Value {
+    let chain = p.config.provider.chain();
+    let name = chain.get(index).map_or("", |c| c.name.as_str());
+    let path = p.path(&format!("providers/{name}"));
     let now = p.clock.now_ms();
-    let (status, output, level) = match p.ops.circuit() {
+    let circuit = p.ops.providers().get(index).and_then(|v| v.circuit.clone());
+    let (status, output, level) = match circuit {
         None => ("warn", "the provider has not started yet".to_string(), None),
         Some(c) => {
             let level = circuit_level(&c, now);
@@ -572,9 +577,17 @@ fn circuit_check(p: &Pipeline, tree: &Tree) -> Value {
             )
         }
     };
-    let (status, output) = match tree.lookup(&path) {
+    let (status, mut output) = match tree.lookup(&path) {
         Ok(_) => (status, output),
         Err(e) => ("warn", format!("{output}; the provider actor: {e}")),
+    };
+    let active = p.ops.active_provider();
+    let status = if index == 0 && active != 0 {
+        let on = chain.get(active).map_or("?", |c| c.name.as_str());
+        output.push_str(&format!("; traffic is on the fallback {on}"));
+        "warn"
+    } else {
+        status
     };
     json!({
         "componentId": path,
@@ -650,7 +663,10 @@ async fn readyz(State(app): State<AppState>) -> Response {
             "scheduler".into(),
             json!([node_check(tree, &snap, &p.path("scheduler"))]),
         );
-        checks.insert("provider".into(), json!([circuit_check(p, tree)]));
+        let providers: Vec<Value> = (0..p.config.provider.chain().len())
+            .map(|i| circuit_check(p, tree, i))
+            .collect();
+        checks.insert("provider".into(), Value::Array(providers));
     }
     let worst = checks
         .values()

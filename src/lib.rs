@@ -99,7 +99,12 @@ pub struct App {
 /// broker or drover does not trust, a queue of another type) ends its wait at once.
 pub async fn preflight(config: &Config, memory: &MemoryBroker) -> Result<(), RunError> {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(config.startup.deadline_ms);
-    let provider = Provider::from_config(&config.provider)
+    let providers = config
+        .provider
+        .chain()
+        .into_iter()
+        .map(|c| Provider::from_config(c).map(|p| (c.name.clone(), p)))
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| RunError::Unavailable("provider", e.to_string()))?;
     let database = until_deadline("database", deadline, || async {
         let store = Store::connect(&config.store).await.map_err(|e| Failed {
@@ -119,8 +124,35 @@ pub async fn preflight(config: &Config, memory: &MemoryBroker) -> Result<(), Run
         let _ = broker.close().await;
         Ok(())
     });
+    // One provider of the chain is enough to start: the others are failed over from.
     let provider = until_deadline("provider", deadline, || async {
-        provider.check().await.map_err(Failed::of)
+        let checks = providers
+            .iter()
+            .map(|(name, p)| async move { (name, p.check().await) });
+        let results = futures::future::join_all(checks).await;
+        if results.iter().any(|(_, r)| r.is_ok()) {
+            for (name, r) in &results {
+                if let Err(e) = r {
+                    tracing::warn!(provider = %name, error = %e, "startup check: provider unreachable; the chain starts without it");
+                }
+            }
+            return Ok(());
+        }
+        let why: Vec<String> = results
+            .into_iter()
+            .filter_map(|(name, r)| r.err().map(|e| (name, e)))
+            .map(|(name, e)| {
+                if providers.len() > 1 {
+                    format!("{name}: {e}")
+                } else {
+                    e.to_string()
+                }
+            })
+            .collect();
+        Err(Failed {
+            permanent: false,
+            error: why.join("; "),
+        })
     });
     let (database, broker, provider) = tokio::join!(database, broker, provider);
     let down: Vec<(&'static str, String)> = [database, broker, provider]
@@ -227,13 +259,19 @@ pub async fn start(config: Config) -> Result<App, RunError> {
     }
     let tree = Tree::new();
     let metrics = metrics::Metrics::new();
+    let providers: Vec<String> = config
+        .provider
+        .chain()
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
     let pipeline = Pipeline {
         tree: tree.clone(),
         root: ROOT.into(),
         config: config.pipeline().into(),
         clock: Clock::new(),
         memory,
-        ops: Ops::new(metrics.pipeline_metrics()),
+        ops: Ops::new(metrics.pipeline_metrics(&providers)),
     };
     let (root, root_done) = Actor::spawn(
         None,

@@ -9,14 +9,14 @@
 //! | metric | type | labels | what |
 //! |---|---|---|---|
 //! | `drover_messages_total` | counter | `outcome` | attempts' recorded outcomes: `sent`, `retry`, `failed`, `invalid`, `deferred`, `ambiguous` |
-//! | `drover_attempts_total` | counter | | provider calls |
-//! | `drover_provider_latency_seconds` | histogram | | provider call latency |
+//! | `drover_attempts_total` | counter | `provider` | provider calls |
+//! | `drover_provider_latency_seconds` | histogram | `provider` | provider call latency |
 //! | `drover_published_total` | counter | `route` | confirmed publishes: `work`, `failed`, `invalid` |
 //! | `drover_consumed_total` | counter | | deliveries taken from the work queue |
 //! | `drover_actor_restarts` | gauge | `path` | restarts of each supervised actor (temporary ones excluded) |
 //! | `drover_actors` | gauge | `status` | actors by status |
 //! | `drover_workers_in_flight` | gauge | | live delivery workers (children of `root/broker/workers`) |
-//! | `drover_provider_circuit_state` | gauge | | 0 closed, 1 half-open, 2 open |
+//! | `drover_provider_circuit_state` | gauge | `provider`, `role` (primary, fallback) | 0 closed, 1 half-open, 2 open |
 //! | `drover_queue_depth` | gauge | `queue` | ready messages, as last sampled (`http.queue_sample_ms`) |
 //! | `drover_queue_consumers` | gauge | `queue` | consumers, as last sampled |
 //! | `drover_queue_dropped` | gauge | `queue` | messages the in-memory broker's failed / invalid queue dropped to stay within `broker.memory_keep_newest` (0 on RabbitMQ) |
@@ -125,9 +125,10 @@ impl Metrics {
         metrics::with_local_recorder(self.recorder.as_ref(), f)
     }
 
-    /// The pipeline's counters and histogram, bound to this recorder.
-    pub fn pipeline_metrics(&self) -> PipelineMetrics {
-        self.with(PipelineMetrics::register)
+    /// The pipeline's counters and histogram, bound to this recorder, with a provider-call
+    /// series per provider of the chain.
+    pub fn pipeline_metrics(&self, providers: &[String]) -> PipelineMetrics {
+        self.with(|| PipelineMetrics::register_for(providers))
     }
 
     /// Set the scrape-time gauges from cached state, then render everything.
@@ -158,8 +159,12 @@ impl Metrics {
                 .find(&p.path("broker/workers"))
                 .map_or(0, |n| n.children.len());
             metrics::gauge!(WORKERS_IN_FLIGHT).set(in_flight as f64);
-            if let Some(c) = p.ops.circuit() {
-                metrics::gauge!(CIRCUIT_STATE).set(f64::from(circuit_level(&c, p.clock.now_ms())));
+            for (i, v) in p.ops.providers().into_iter().enumerate() {
+                if let Some(c) = v.circuit {
+                    let role = if i == 0 { "primary" } else { "fallback" };
+                    metrics::gauge!(CIRCUIT_STATE, "provider" => v.name, "role" => role)
+                        .set(f64::from(circuit_level(&c, p.clock.now_ms())));
+                }
             }
             for (queue, s) in p.ops.queues() {
                 metrics::gauge!(QUEUE_DEPTH, "queue" => queue.clone()).set(f64::from(s.ready));

@@ -35,7 +35,7 @@ const ADMIN: &str = "chaos-admin";
 const LOAD_LIMIT: Duration = Duration::from_secs(240);
 /// Supervised actors the chaos kills now and then (the rest of the time: delivery workers).
 const SUPERVISED: [&str; 5] = [
-    "root/provider",
+    "root/providers/primary",
     "root/store",
     "root/scheduler",
     "root/broker/consumer",

@@ -681,7 +681,7 @@ async fn no_attempt_is_spent_while_the_provider_actor_restarts(backend: Backend)
     })
     .await;
     let mut events = w.app.tree.subscribe();
-    w.app.tree.lookup("root/provider").unwrap().kill();
+    w.app.tree.lookup("root/providers/primary").unwrap().kill();
     // Published while it waits out its backoff (the instant of its death is another matter:
     // a call already under way then may have reached the provider, and counts as such).
     wait_for("the provider backing off", WAIT, || async {
@@ -689,7 +689,7 @@ async fn no_attempt_is_spent_while_the_provider_actor_restarts(backend: Backend)
             .app
             .tree
             .snapshot()
-            .find("root/provider")
+            .find("root/providers/primary")
             .map(|n| n.status)
         {
             Some(NodeStatus::BackingOff) => Ok(()),
@@ -720,7 +720,7 @@ async fn no_attempt_is_spent_while_the_provider_actor_restarts(backend: Backend)
     let restarted = tokio::time::timeout(WAIT, async {
         loop {
             if let Ok(e) = events.recv().await
-                && e.path == "root/provider"
+                && e.path == "root/providers/primary"
                 && e.kind == drover_actors::tree::EventKind::Started
             {
                 return;
@@ -729,7 +729,7 @@ async fn no_attempt_is_spent_while_the_provider_actor_restarts(backend: Backend)
     })
     .await;
     assert!(restarted.is_ok());
-    assert_eq!(w.restarts("root/provider"), 1);
+    assert_eq!(w.restarts("root/providers/primary"), 1);
     w.finish().await;
 }
 

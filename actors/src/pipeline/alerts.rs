@@ -76,6 +76,8 @@ pub enum AlertKind {
     DeliveryRate,
     /// The end-to-end canary failed or was late.
     Canary,
+    /// Traffic left the primary provider for a fallback, or came back to it.
+    ProviderFailover,
 }
 
 impl AlertKind {
@@ -90,6 +92,7 @@ impl AlertKind {
             AlertKind::CircuitOpen => "circuit_open",
             AlertKind::DeliveryRate => "delivery_rate",
             AlertKind::Canary => "canary",
+            AlertKind::ProviderFailover => "provider_failover",
         }
     }
 }

@@ -2,8 +2,8 @@
 //! `mod.rs`).
 
 use crate::pipeline::{
-    Pipeline, alerts, broker, canary, delivery_rate, monitor, provider_worker, scheduler,
-    store_worker, trends,
+    Pipeline, alerts, broker, canary, delivery_rate, monitor, providers, scheduler, store_worker,
+    trends,
 };
 use crate::supervisor::ChildSpec;
 
@@ -17,10 +17,7 @@ pub fn pipeline_children(p: &Pipeline) -> Vec<ChildSpec> {
         ChildSpec::worker("alerts", move |_| (alerts::AlertWorker, pa.clone())).backoff(backoff),
         ChildSpec::worker("store", move |_| (store_worker::StoreWorker, ps.clone()))
             .backoff(backoff),
-        ChildSpec::worker("provider", move |_| {
-            (provider_worker::ProviderWorker, pp.clone())
-        })
-        .backoff(backoff),
+        ChildSpec::supervisor("providers", move |_| providers::spec(&pp)).backoff(backoff),
         ChildSpec::supervisor("broker", move |_| broker::spec(&pb)).backoff(backoff),
         ChildSpec::worker("scheduler", move |_| {
             (scheduler::SchedulerWorker, psch.clone())

@@ -10,6 +10,7 @@ use crate::message::MessageConfig;
 use crate::pipeline::alerts::AlertConfig;
 use crate::pipeline::canary::CanaryConfig;
 use crate::pipeline::delivery_rate::DeliveryRateConfig;
+use crate::pipeline::route::FailoverConfig;
 use crate::pipeline::trends::TrendsConfig;
 use crate::provider::ProviderConfig;
 use crate::store::StoreConfig;
@@ -113,6 +114,7 @@ pub struct PipelineConfig {
     pub delivery_rate: DeliveryRateConfig,
     pub canary: CanaryConfig,
     pub trends: TrendsConfig,
+    pub failover: FailoverConfig,
     /// How often the monitor caches the queues' depths for `/metrics` (`http.queue_sample_ms`;
     /// 0 means the 100 ms floor).
     pub queue_sample_ms: u64,

@@ -22,7 +22,7 @@ use crate::pipeline::provider_worker::{ProviderMessage, SendResult};
 use crate::pipeline::scheduler::SchedulerMessage;
 use crate::pipeline::set_aside::{Received, failed_headers, invalid_copy};
 use crate::pipeline::store_worker::store_of;
-use crate::pipeline::{DeliveryConfig, Pipeline, PipelineError};
+use crate::pipeline::{DeliveryConfig, Pipeline, PipelineError, route};
 use crate::provider::{AttemptWindow, ProviderConfig, Reconciliation};
 use crate::store::{Admission, AttemptOutcome, Store, Uncertain};
 use crate::supervisor::{ChildCtx, SplitMix64};
@@ -48,12 +48,14 @@ pub fn lease_covers_call(
     delivery: &DeliveryConfig,
     provider: &ProviderConfig,
 ) -> Result<(), String> {
-    let needed = provider.timeout_ms.saturating_add(LEASE_SLACK_MS);
+    let longest = provider.longest_timeout_ms();
+    let needed = longest.saturating_add(LEASE_SLACK_MS);
     if delivery.sending_lease_ms < needed {
         return Err(format!(
             "delivery.sending_lease_ms = {} cannot outlast a provider call: it must be at least \
-             provider.timeout_ms ({}) + {LEASE_SLACK_MS} ms = {needed} ms",
-            delivery.sending_lease_ms, provider.timeout_ms
+             provider.timeout_ms (the longest of the chain's: {longest}) + {LEASE_SLACK_MS} ms = \
+             {needed} ms",
+            delivery.sending_lease_ms
         ));
     }
     Ok(())
@@ -66,7 +68,9 @@ pub fn lease_allows_call(
     provider: &ProviderConfig,
     elapsed_ms: i64,
 ) -> bool {
-    let call = provider.timeout_ms.saturating_add(PROVIDER_CALL_MARGIN_MS) as i64;
+    let call = provider
+        .longest_timeout_ms()
+        .saturating_add(PROVIDER_CALL_MARGIN_MS) as i64;
     elapsed_ms.max(0).saturating_add(call) <= delivery.sending_lease_ms as i64
 }
 
@@ -147,7 +151,8 @@ impl Actor for DeliveryWorker {
             "message",
             id = tracing::field::Empty,
             correlation_id = tracing::field::Empty,
-            attempt = tracing::field::Empty
+            attempt = tracing::field::Empty,
+            provider = tracing::field::Empty
         );
         let guard = state.p.ops.poison.clone();
         let key = guard.key(state.delivery.message_id.as_deref(), &state.delivery.body);
@@ -212,7 +217,11 @@ struct Admitted {
     attempt: u32,
     /// When the sending lease was stamped (before the admission's commit).
     at_ms: i64,
-    provider: ActorRef<ProviderMessage>,
+    /// The chain's provider actors found running, by chain index.
+    chain: Vec<Option<ActorRef<ProviderMessage>>>,
+    /// The providers it may go to (`None`: any): after an attempt whose fate is unknown, the
+    /// ones that could not tell ([`route::restrict`]).
+    allowed: Option<Vec<usize>>,
 }
 
 /// Parse and admit the delivery. `None`: it was settled without a provider call (set aside,
@@ -255,15 +264,21 @@ async fn admit(
     span.record("id", tracing::field::display(msg.id));
     span.record("correlation_id", msg.correlation_id.as_str());
 
-    // The provider before the admission: while its actor restarts, nothing is admitted (and
-    // no attempt is spent or recorded as interrupted for a call that never left drover).
-    let provider = paced(p.provider()).await?;
+    // The providers before the admission: while none is running, nothing is admitted (and no
+    // attempt is spent or recorded as interrupted for a call that never left drover).
+    let n = p.config.provider.fallbacks.len() + 1;
+    let chain: Vec<Option<ActorRef<ProviderMessage>>> =
+        (0..n).map(|i| p.provider_at(i).ok()).collect();
+    if chain.iter().all(Option::is_none) {
+        paced(p.provider()).await?;
+    }
 
     let now = p.clock.now_ms();
     let admission = store
         .begin_attempt(&msg, now)
         .await
         .map_err(|e| suspect(p, e))?;
+    let mut allowed = None;
     let attempt = match admission {
         Admission::Proceed {
             attempt,
@@ -277,9 +292,13 @@ async fn admit(
                 );
             }
             if let Some(u) = uncertain {
-                let found = Box::pin(reconciled(p, store, delivery, &msg, attempt, &provider, u));
-                if found.await? {
-                    return Ok(None);
+                let asked = Box::pin(reconciled(p, store, delivery, &msg, attempt, &chain, u));
+                match asked.await? {
+                    Lookup::Found => return Ok(None),
+                    Lookup::Unanswered(unanswered) => {
+                        let waited = now - u.first_started_at;
+                        allowed = route::restrict(&unanswered, waited, &p.config.failover);
+                    }
                 }
             }
             attempt
@@ -335,33 +354,75 @@ async fn admit(
         msg,
         attempt,
         at_ms: now,
-        provider,
+        chain,
+        allowed,
     }))
 }
 
-/// Ask the provider whether one of the message's earlier attempts whose fate is unknown went
-/// through. If it did, record the message sent (with the attempt saying so) without calling
-/// the provider again, and ack: `Ok(true)`. Otherwise (not found, not asked, no answer in
-/// `provider.reconcile_timeout_ms`): `Ok(false)`, send as without the lookup.
+/// What the lookups before a re-send came to.
+enum Lookup {
+    /// An earlier attempt went through: recorded sent and acked.
+    Found,
+    /// Not found where asked; these providers (chain indexes) could not tell.
+    Unanswered(Vec<usize>),
+}
+
+/// Ask every provider of the chain whether one of the message's earlier attempts whose fate is
+/// unknown went through (any of them may have made it). If one did, record the message sent
+/// (with the attempt saying so) without calling a provider again, and ack: [`Lookup::Found`].
+/// Otherwise the providers that could not tell (no lookup, no answer in their
+/// `reconcile_timeout_ms`, a lookup that failed): the message may go only to them, as
+/// [`route::restrict`] decides.
 async fn reconciled(
     p: &Pipeline,
     store: &Store,
     delivery: &mut Delivery,
     msg: &OutboundMessage,
     attempt: u32,
-    provider: &ActorRef<ProviderMessage>,
+    chain: &[Option<ActorRef<ProviderMessage>>],
     u: Uncertain,
-) -> Result<bool, PipelineError> {
-    let limit = p.config.provider.reconcile_timeout_ms;
-    if limit == 0 {
-        return Ok(false);
+) -> Result<Lookup, PipelineError> {
+    let mut unanswered = Vec::new();
+    for (index, (config, actor)) in p.config.provider.chain().into_iter().zip(chain).enumerate() {
+        let found = match actor {
+            Some(a) => reconcile_at(config, a, msg, u).await,
+            None => Reconciliation::Failed("its actor is restarting".into()),
+        };
+        match found {
+            Reconciliation::NotFound => {}
+            Reconciliation::Found {
+                provider_message_id,
+            } => {
+                if found_at(p, store, delivery, msg, attempt, provider_message_id).await? {
+                    return Ok(Lookup::Found);
+                }
+            }
+            Reconciliation::Unsupported => unanswered.push(index),
+            Reconciliation::Failed(error) => {
+                tracing::warn!(provider = %config.name, %error, "the lookup at the provider failed");
+                unanswered.push(index);
+            }
+        }
     }
-    let window = AttemptWindow::spanning(
-        u.first_started_at,
-        u.last_started_at,
-        p.config.provider.timeout_ms,
-    );
-    let asked = provider
+    if unanswered.is_empty() {
+        tracing::info!("earlier attempts are at no provider: sending");
+    }
+    Ok(Lookup::Unanswered(unanswered))
+}
+
+/// One provider's answer on an earlier attempt (`Unsupported` when lookups are off).
+async fn reconcile_at(
+    config: &ProviderConfig,
+    actor: &ActorRef<ProviderMessage>,
+    msg: &OutboundMessage,
+    u: Uncertain,
+) -> Reconciliation {
+    let limit = config.reconcile_timeout_ms;
+    if limit == 0 {
+        return Reconciliation::Unsupported;
+    }
+    let window = AttemptWindow::spanning(u.first_started_at, u.last_started_at, config.timeout_ms);
+    let asked = actor
         .call(
             |reply| ProviderMessage::Reconcile {
                 msg: Box::new(msg.clone()),
@@ -373,12 +434,24 @@ async fn reconciled(
             )),
         )
         .await;
-    let found = match asked {
+    match asked {
         Ok(CallResult::Success(found)) => found,
-        _ => {
-            tracing::warn!("the provider actor did not answer the lookup; sending");
-            return Ok(false);
-        }
+        _ => Reconciliation::Failed("the provider actor did not answer the lookup".into()),
+    }
+}
+
+/// A provider has the message under `provider_message_id`: record it sent and ack
+/// (`Ok(true)`), unless that id is another message's (`Ok(false)`).
+async fn found_at(
+    p: &Pipeline,
+    store: &Store,
+    delivery: &mut Delivery,
+    msg: &OutboundMessage,
+    attempt: u32,
+    provider_message_id: String,
+) -> Result<bool, PipelineError> {
+    let found = Reconciliation::Found {
+        provider_message_id,
     };
     match found {
         Reconciliation::Found {
@@ -413,15 +486,7 @@ async fn reconciled(
             ack(delivery).await?;
             Ok(true)
         }
-        Reconciliation::NotFound => {
-            tracing::info!("earlier attempts are not at the provider: sending");
-            Ok(false)
-        }
-        Reconciliation::Unsupported => Ok(false),
-        Reconciliation::Failed(error) => {
-            tracing::warn!(%error, "the lookup at the provider failed: sending as without it");
-            Ok(false)
-        }
+        _ => Ok(false),
     }
 }
 
@@ -453,54 +518,111 @@ async fn call_and_decide(p: &Pipeline, a: &Admitted) -> Result<Decision, Pipelin
         ));
     }
     let (msg, attempt) = (&a.msg, a.attempt);
-    let timeout = p.config.provider.timeout_ms + PROVIDER_CALL_MARGIN_MS;
-    let called = tokio::time::Instant::now();
-    let call = a
-        .provider
-        .call(
-            |reply| ProviderMessage::Send {
-                msg: Box::new(msg.clone()),
-                attempt,
-                reply,
-            },
-            Some(std::time::Duration::from_millis(timeout)),
-        )
-        .await;
-    match call {
-        Ok(CallResult::Success(sent)) => {
-            let latency = called.elapsed();
-            if matches!(sent, SendResult::Done(_)) {
-                p.ops.metrics.count_call(latency);
+    let chain = p.config.provider.chain();
+    let order = route::order(&p.ops.providers(), now, p.config.failover.revert_after_ms);
+    // Each provider in turn while they refuse because their circuit is open (an answer that
+    // costs no request); the first that takes the message makes the attempt.
+    let mut refused_until: Option<i64> = None;
+    for index in order {
+        if a.allowed.as_ref().is_some_and(|ok| !ok.contains(&index)) {
+            continue;
+        }
+        let (Some(actor), Some(config)) = (
+            a.chain.get(index).and_then(Option::as_ref),
+            chain.get(index),
+        ) else {
+            continue;
+        };
+        let timeout = config.timeout_ms + PROVIDER_CALL_MARGIN_MS;
+        let called = tokio::time::Instant::now();
+        let call = actor
+            .call(
+                |reply| ProviderMessage::Send {
+                    msg: Box::new(msg.clone()),
+                    attempt,
+                    reply,
+                },
+                Some(std::time::Duration::from_millis(timeout)),
+            )
+            .await;
+        let sent = match call {
+            Ok(CallResult::Success(SendResult::CircuitOpen { retry_at_ms })) => {
+                refused_until = Some(refused_until.map_or(retry_at_ms, |r| r.min(retry_at_ms)));
+                continue;
             }
-            let now = p.clock.now_ms();
-            let mut rng = SplitMix64::new(msg.id.as_u128() as u64 ^ attempt as u64);
-            let latency_ms = latency.as_millis() as u64;
-            Ok(decide(
-                sent,
-                attempt,
-                delivery_cfg.max_attempts,
-                latency_ms,
-                || now + delivery_cfg.retry_delay(attempt, &mut rng).as_millis() as i64,
-            ))
+            Ok(CallResult::Success(sent)) => sent,
+            // The request never reached that provider's actor (it died between the lookup and
+            // the call): certainly nothing was sent; the next may take it.
+            Err(_) => {
+                tracing::info!(provider = %config.name, "the provider actor had just stopped");
+                continue;
+            }
+            Ok(CallResult::Timeout) => {
+                return Err(PipelineError::NoAnswer(
+                    "the provider",
+                    format!("{} gave no answer within {timeout} ms", config.name),
+                ));
+            }
+            // It took the request and stopped before answering: the call may have gone out.
+            Ok(CallResult::SenderError) => {
+                return Err(PipelineError::NoAnswer(
+                    "the provider",
+                    format!("{} stopped before answering", config.name),
+                ));
+            }
+        };
+        let latency = called.elapsed();
+        p.ops.metrics.count_call(index, latency);
+        tracing::Span::current().record("provider", config.name.as_str());
+        if let Some((from, to)) = p.ops.note_route(index) {
+            failover_alert(p, &chain, from, to);
         }
-        // The request never reached the provider actor (it died between the lookup and the
-        // call): certainly nothing was sent.
-        Err(_) => {
-            tracing::info!("the provider actor had just stopped; attempt given back");
-            Ok(given_back(
-                "the provider actor was not running; nothing was sent",
-            ))
-        }
-        Ok(CallResult::Timeout) => Err(PipelineError::NoAnswer(
-            "the provider",
-            format!("no answer within {timeout} ms"),
-        )),
-        // It took the request and stopped before answering: the call may have gone out.
-        Ok(CallResult::SenderError) => Err(PipelineError::NoAnswer(
-            "the provider",
-            "it stopped before answering".into(),
-        )),
+        let now = p.clock.now_ms();
+        let mut rng = SplitMix64::new(msg.id.as_u128() as u64 ^ attempt as u64);
+        return Ok(decide(
+            sent,
+            attempt,
+            delivery_cfg.max_attempts,
+            latency.as_millis() as u64,
+            || now + delivery_cfg.retry_delay(attempt, &mut rng).as_millis() as i64,
+        ));
     }
+    // No provider took it: every circuit open (retry when the first may take a probe), or no
+    // provider actor running.
+    Ok(match refused_until {
+        Some(retry_at_ms) => decide(
+            SendResult::CircuitOpen { retry_at_ms },
+            attempt,
+            delivery_cfg.max_attempts,
+            0,
+            || retry_at_ms,
+        ),
+        None => {
+            tracing::info!("no provider actor was running; attempt given back");
+            given_back("no provider actor was running; nothing was sent")
+        }
+    })
+}
+
+/// Traffic left the primary (`from` 0) or came back to it: alert `provider_failover`.
+fn failover_alert(p: &Pipeline, chain: &[&ProviderConfig], from: usize, to: usize) {
+    let name = |i: usize| chain.get(i).map_or("?", |c| c.name.as_str()).to_string();
+    let (from, to) = (name(from), name(to));
+    let summary = if to == name(0) {
+        format!("traffic is back on the primary provider {to} (was on {from})")
+    } else {
+        format!("traffic failed over from {from} to {to}")
+    };
+    tracing::warn!(%from, %to, "{summary}");
+    raise(
+        p,
+        Alert {
+            kind: AlertKind::ProviderFailover,
+            key: format!("provider_failover:{to}"),
+            summary,
+            details: serde_json::json!({ "from": from, "to": to }),
+        },
+    );
 }
 
 /// Apply a decision: commit the outcome, count it, wake the scheduler for a retry, move a

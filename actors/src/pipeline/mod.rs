@@ -4,7 +4,8 @@
 //! root (Supervisor: one_for_one)   children.rs
 //! ├── alerts      AlertWorker      alerts.rs           logs alerts, POSTs them to [alerts] webhook_url
 //! ├── store       StoreWorker      store_worker.rs     owns the sqlx pool; pings it; fails when the database is gone
-//! ├── provider    ProviderWorker   provider_worker.rs  the HTTP provider client and its circuit breaker
+//! ├── providers   Supervisor (one_for_one)  providers.rs: header + spec
+//! │   └── <name>  ProviderWorker   provider_worker.rs  one per provider of the chain: its client and circuit breaker
 //! ├── broker      Supervisor (rest_for_one)  broker/mod.rs: header + spec
 //! │   ├── connection  ConnectionWorker  broker/connection.rs  one RabbitMQ connection; declares the topology
 //! │   ├── publisher   PublisherWorker   broker/publisher.rs   its own confirm-mode channel
@@ -41,6 +42,8 @@ pub mod ops;
 pub mod owned;
 pub mod poison;
 pub mod provider_worker;
+pub mod providers;
+pub mod route;
 pub mod scheduler;
 pub mod set_aside;
 pub mod store_worker;
@@ -107,8 +110,23 @@ impl Pipeline {
         self.lookup("store", "the store")
     }
 
+    /// The primary provider's actor.
     pub fn provider(&self) -> Result<ActorRef<provider_worker::ProviderMessage>, PipelineError> {
-        self.lookup("provider", "the provider")
+        self.provider_at(0)
+    }
+
+    /// The actor of provider `index` of the chain (0: the primary).
+    pub fn provider_at(
+        &self,
+        index: usize,
+    ) -> Result<ActorRef<provider_worker::ProviderMessage>, PipelineError> {
+        let name = self
+            .config
+            .provider
+            .chain()
+            .get(index)
+            .map_or_else(String::new, |c| c.name.clone());
+        self.lookup(&format!("providers/{name}"), "the provider")
     }
 
     pub fn connection(

@@ -90,10 +90,9 @@ pub struct PipelineMetrics {
     invalid: Counter,
     deferred: Counter,
     ambiguous: Counter,
-    /// Provider calls.
-    pub attempts: Counter,
-    /// Provider call latency, seconds.
-    pub provider_latency: Histogram,
+    /// Provider calls and their latency (seconds), one pair per provider of the chain (the
+    /// `provider` label), in chain order; the last pair also counts an index past the chain.
+    calls: Vec<(Counter, Histogram)>,
     published: [Counter; 3],
     /// Deliveries taken from the work queue.
     pub consumed: Counter,
@@ -173,8 +172,7 @@ impl Default for PipelineMetrics {
             invalid: Counter::noop(),
             deferred: Counter::noop(),
             ambiguous: Counter::noop(),
-            attempts: Counter::noop(),
-            provider_latency: Histogram::noop(),
+            calls: vec![(Counter::noop(), Histogram::noop())],
             published: [Counter::noop(), Counter::noop(), Counter::noop()],
             consumed: Counter::noop(),
             reconciled: [
@@ -198,6 +196,11 @@ impl PipelineMetrics {
     /// `metrics::with_local_recorder` to bind the handles to that recorder. Every series
     /// exists from the start, at 0.
     pub fn register() -> Self {
+        Self::register_for(&["primary".to_string()])
+    }
+
+    /// [`PipelineMetrics::register`], with a provider-call series per provider of the chain.
+    pub fn register_for(providers: &[String]) -> Self {
         metrics::describe_counter!(
             MESSAGES_TOTAL,
             Unit::Count,
@@ -258,8 +261,15 @@ impl PipelineMetrics {
             invalid: outcome("invalid"),
             deferred: outcome("deferred"),
             ambiguous: outcome("ambiguous"),
-            attempts: metrics::counter!(ATTEMPTS_TOTAL),
-            provider_latency: metrics::histogram!(PROVIDER_LATENCY_SECONDS),
+            calls: providers
+                .iter()
+                .map(|name| {
+                    (
+                        metrics::counter!(ATTEMPTS_TOTAL, "provider" => name.clone()),
+                        metrics::histogram!(PROVIDER_LATENCY_SECONDS, "provider" => name.clone()),
+                    )
+                })
+                .collect(),
             published: Route::ALL.map(published),
             consumed: metrics::counter!(CONSUMED_TOTAL),
             reconciled: crate::provider::reconcile::RESULTS
@@ -281,7 +291,6 @@ impl PipelineMetrics {
             &m.invalid,
             &m.deferred,
             &m.ambiguous,
-            &m.attempts,
             &m.consumed,
         ]
         .into_iter()
@@ -289,6 +298,7 @@ impl PipelineMetrics {
         .chain(m.reconciled.iter())
         .chain(m.delivery.iter())
         .chain(m.canary.iter())
+        .chain(m.calls.iter().map(|(c, _)| c))
         {
             c.increment(0);
         }
@@ -333,10 +343,13 @@ impl PipelineMetrics {
         self.tallies.outcomes[5].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Count a provider call that took `latency` (the counter, the histogram, the tally).
-    pub fn count_call(&self, latency: std::time::Duration) {
-        self.attempts.increment(1);
-        self.provider_latency.record(latency.as_secs_f64());
+    /// Count a call to provider `index` of the chain that took `latency` (the counter, the
+    /// histogram, the tally).
+    pub fn count_call(&self, index: usize, latency: std::time::Duration) {
+        if let Some((calls, histogram)) = self.calls.get(index).or(self.calls.last()) {
+            calls.increment(1);
+            histogram.record(latency.as_secs_f64());
+        }
         self.tallies.calls.fetch_add(1, Ordering::Relaxed);
         self.tallies
             .latency_us
@@ -419,7 +432,10 @@ pub enum RedriveRefused {
 
 #[derive(Debug, Default)]
 struct Cells {
-    circuit: RwLock<Option<CircuitState>>,
+    /// One per provider of the chain, in chain order (grown as their actors report).
+    providers: RwLock<Vec<crate::pipeline::route::ProviderView>>,
+    /// The provider the last send went to (chain index).
+    active: Mutex<Option<usize>>,
     store_ping: RwLock<Option<PingRecord>>,
     queues: RwLock<BTreeMap<String, QueueSample>>,
     consumption_paused: AtomicBool,
@@ -450,10 +466,52 @@ impl Ops {
         }
     }
 
-    /// The provider's circuit as last written by the provider worker (`None` before its
-    /// first start).
+    /// The primary provider's circuit as last written by its worker (`None` before its first
+    /// start).
     pub fn circuit(&self) -> Option<CircuitState> {
-        self.cells.circuit.read().clone()
+        self.cells
+            .providers
+            .read()
+            .first()
+            .and_then(|v| v.circuit.clone())
+    }
+
+    /// Every provider of the chain as last reported, in chain order.
+    pub fn providers(&self) -> Vec<crate::pipeline::route::ProviderView> {
+        self.cells.providers.read().clone()
+    }
+
+    /// Written by the worker of chain entry `index` (`name`) at start and at every change of
+    /// its circuit, at `now_ms`; remembers when a circuit closed after being open.
+    pub fn set_provider_circuit(&self, index: usize, name: &str, state: CircuitState, now_ms: i64) {
+        let mut views = self.cells.providers.write();
+        while views.len() <= index {
+            views.push(crate::pipeline::route::ProviderView {
+                name: String::new(),
+                circuit: None,
+                closed_at_ms: None,
+            });
+        }
+        let v = &mut views[index];
+        v.name = name.to_string();
+        let was_closed = matches!(v.circuit, None | Some(CircuitState::Closed { .. }));
+        if matches!(state, CircuitState::Closed { .. }) && !was_closed {
+            v.closed_at_ms = Some(now_ms);
+        }
+        v.circuit = Some(state);
+    }
+
+    /// A send went to chain entry `index`: the provider traffic moved from and to, when it
+    /// moved off the primary or back onto it (for the `provider_failover` alert).
+    pub fn note_route(&self, index: usize) -> Option<(usize, usize)> {
+        let mut active = self.cells.active.lock();
+        let before = active.replace(index).unwrap_or(0);
+        ((before == 0) != (index == 0)).then_some((before, index))
+    }
+
+    /// The provider the last send went to (chain index; 0, the primary, before any).
+    pub fn active_provider(&self) -> usize {
+        self.cells.active.lock().unwrap_or(0)
     }
 
     /// The store handle published by the store worker incarnation `current` (the one the tree
@@ -475,14 +533,6 @@ impl Ops {
         let mut cell = self.cells.store.write();
         if cell.as_ref().is_some_and(|(id, _)| *id == me) {
             *cell = None;
-        }
-    }
-
-    /// Written by the provider worker at start and at every change.
-    pub fn set_circuit(&self, state: CircuitState) {
-        let mut cell = self.cells.circuit.write();
-        if cell.as_ref() != Some(&state) {
-            *cell = Some(state);
         }
     }
 

@@ -1,20 +1,20 @@
-//! `ProviderWorker`: the SMS provider actor.
+//! `ProviderWorker`: one SMS provider of the chain (`root/providers/<name>`).
 //!
-//! Owns the HTTP client and the circuit breaker. Each send runs in a task of its own (sends
+//! Owns that provider's HTTP client and circuit breaker. Each send runs in a task of its own (sends
 //! are concurrent); its outcome comes back to this actor to drive the breaker, then to the
 //! caller. While the circuit is open, sends are refused with the time to try again, so
 //! messages are rescheduled without spending attempts. When a half-open probe succeeds the
 //! circuit closes and the failed queue is re-driven (see `scheduler`).
-//! Every change of the circuit is written to the cached cell `Pipeline::ops` (read by
-//! `/readyz` and `/metrics`, which never message this actor).
+//! Every change of the circuit is written to the cached cell `Pipeline::ops` (read by the
+//! router, `/readyz` and `/metrics`, which never message this actor).
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::message::OutboundMessage;
 use crate::pipeline::Pipeline;
 use crate::provider::{
-    AttemptWindow, CircuitBreaker, CircuitState, Fetched, Permit, Provider, Reconciliation,
-    SendOutcome, Transition,
+    AttemptWindow, CircuitBreaker, Fetched, Permit, Provider, Reconciliation, SendOutcome,
+    Transition,
 };
 
 /// What a send came to.
@@ -65,10 +65,21 @@ pub enum ProviderMessage {
 #[derive(Debug, Clone, Copy)]
 pub struct ProviderWorker;
 
+/// Arguments of [`ProviderWorker`]: the pipeline, and which provider of the chain.
+#[derive(Debug, Clone)]
+pub struct ProviderArgs {
+    pub p: Pipeline,
+    /// Index into `provider.chain()` (0: the primary).
+    pub index: usize,
+}
+
 /// State of [`ProviderWorker`].
 #[derive(Debug)]
 pub struct ProviderState {
     p: Pipeline,
+    index: usize,
+    /// This provider's section of the chain.
+    config: crate::provider::ProviderConfig,
     provider: Provider,
     circuit: CircuitBreaker,
     probe_in_flight: bool,
@@ -79,6 +90,16 @@ pub struct ProviderState {
 }
 
 impl ProviderState {
+    /// Cache the circuit for the router and the probes.
+    fn publish_circuit(&self) {
+        self.p.ops.set_provider_circuit(
+            self.index,
+            &self.config.name,
+            self.circuit.state(),
+            self.p.clock.now_ms(),
+        );
+    }
+
     /// Alert once per open period when the circuit has stayed open `circuit_open_alert_ms`:
     /// at that time (a timer set when it opened) or at a refused send after it.
     fn check_open_too_long(&mut self) {
@@ -93,9 +114,18 @@ impl ProviderState {
                 &self.p,
                 crate::pipeline::alerts::Alert {
                     kind: crate::pipeline::alerts::AlertKind::CircuitOpen,
-                    key: "circuit_open".into(),
-                    summary: format!("provider circuit open for {open_ms} ms"),
+                    // The primary keeps the plain key; a fallback's names it.
+                    key: if self.index == 0 {
+                        "circuit_open".into()
+                    } else {
+                        format!("circuit_open:{}", self.config.name)
+                    },
+                    summary: format!(
+                        "provider {} circuit open for {open_ms} ms",
+                        self.config.name
+                    ),
                     details: serde_json::json!({
+                        "provider": self.config.name,
                         "open_ms": open_ms,
                         "state": self.circuit.state(),
                     }),
@@ -108,24 +138,30 @@ impl ProviderState {
 impl Actor for ProviderWorker {
     type Msg = ProviderMessage;
     type State = ProviderState;
-    type Arguments = Pipeline;
+    type Arguments = ProviderArgs;
 
     async fn pre_start(
         &self,
         _: ActorRef<Self::Msg>,
-        p: Pipeline,
+        ProviderArgs { p, index }: ProviderArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let provider = Provider::from_config(&p.config.provider)?;
-        let circuit = CircuitBreaker::new(&p.config.provider.circuit);
-        p.ops.set_circuit(circuit.state());
-        Ok(ProviderState {
+        let Some(config) = p.config.provider.chain().get(index).map(|c| (*c).clone()) else {
+            panic!("provider {index} is not in the chain: the providers spec is built from it");
+        };
+        let provider = Provider::from_config(&config)?;
+        let circuit = CircuitBreaker::new(&config.circuit);
+        let state = ProviderState {
             p,
+            index,
+            config,
             provider,
             circuit,
             probe_in_flight: false,
             open_since_ms: None,
             alerted: false,
-        })
+        };
+        state.publish_circuit();
+        Ok(state)
     }
 
     async fn handle(
@@ -143,7 +179,7 @@ impl Actor for ProviderWorker {
                 let permit = state.circuit.check();
                 if permit != Permit::Allowed {
                     // It may have just moved to half-open: keep the cached state current.
-                    state.p.ops.set_circuit(state.circuit.state());
+                    state.publish_circuit();
                 }
                 let probe = match permit {
                     Permit::Allowed => false,
@@ -184,15 +220,11 @@ impl Actor for ProviderWorker {
                 });
             }
             ProviderMessage::Reconcile { msg, window, reply } => {
-                // A provider whose circuit is open would not answer either: send as without.
-                if matches!(state.circuit.state(), CircuitState::Open { .. }) {
-                    let found = Reconciliation::Failed("provider circuit open".into());
-                    state.p.ops.metrics.reconciled(found.label()).increment(1);
-                    let _ = reply.send(found);
-                    return Ok(());
-                }
+                // Asked even while the circuit is open: a lookup is a read, bounded by its own
+                // timeout, and the answer is what keeps a recovering provider's first send from
+                // repeating a message it already has.
                 let provider = state.provider.clone();
-                let limit = state.p.config.provider.reconcile_timeout_ms;
+                let limit = state.config.reconcile_timeout_ms;
                 let metrics = state.p.ops.metrics.clone();
                 tokio::spawn(async move {
                     let found = tokio::time::timeout(
@@ -212,7 +244,7 @@ impl Actor for ProviderWorker {
                 reply,
             } => {
                 let provider = state.provider.clone();
-                let limit = state.p.config.provider.reconcile_timeout_ms.max(1);
+                let limit = state.config.reconcile_timeout_ms.max(1);
                 tokio::spawn(async move {
                     let fetched = tokio::time::timeout(
                         std::time::Duration::from_millis(limit),
@@ -239,7 +271,7 @@ impl Actor for ProviderWorker {
                 }
                 match state.circuit.on_outcome(&outcome) {
                     Some(Transition::Opened) => {
-                        tracing::error!(%outcome, "provider circuit opened");
+                        tracing::error!(provider = %state.config.name, %outcome, "provider circuit opened");
                         if state.open_since_ms.is_none() {
                             let since = state.p.clock.now_ms();
                             state.open_since_ms = Some(since);
@@ -253,7 +285,7 @@ impl Actor for ProviderWorker {
                     Some(Transition::Closed) => {
                         state.open_since_ms = None;
                         state.alerted = false;
-                        tracing::info!("provider circuit closed: sending works again");
+                        tracing::info!(provider = %state.config.name, "provider circuit closed: sending works again");
                         if let Ok(s) = state.p.scheduler() {
                             let _ = s.send_message(
                                 crate::pipeline::scheduler::SchedulerMessage::Redrive,
@@ -262,7 +294,7 @@ impl Actor for ProviderWorker {
                     }
                     _ => {}
                 }
-                state.p.ops.set_circuit(state.circuit.state());
+                state.publish_circuit();
                 let _ = reply.send(SendResult::Done(outcome));
             }
         }

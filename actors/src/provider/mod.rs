@@ -65,6 +65,13 @@ pub use webhook::{WebhookClient, WebhookConfig};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProviderConfig {
+    /// This provider's name: its actor is `root/providers/<name>`, and metrics, attempts and
+    /// alerts name it. Letters, digits, `-` and `_`.
+    pub name: String,
+    /// `[[provider.fallbacks]]`: providers tried in order while those before them are down
+    /// (their circuit open), each with the keys of `[provider]` (its own kind, credentials,
+    /// timeout and circuit breaker) and a `name`; none of their own. Empty: one provider.
+    pub fallbacks: Vec<ProviderConfig>,
     /// Which provider to use: `"simulated"` (the default: no network at all), `"twilio"` or
     /// `"webhook"`.
     pub kind: ProviderKind,
@@ -92,6 +99,8 @@ pub struct ProviderConfig {
 impl Default for ProviderConfig {
     fn default() -> Self {
         ProviderConfig {
+            name: "primary".into(),
+            fallbacks: Vec::new(),
             kind: ProviderKind::Simulated,
             timeout_ms: 10_000,
             reconcile_timeout_ms: 5_000,
@@ -105,6 +114,67 @@ impl Default for ProviderConfig {
 }
 
 impl ProviderConfig {
+    /// The providers in the order they are tried: this one (the primary), then the fallbacks.
+    pub fn chain(&self) -> Vec<&ProviderConfig> {
+        std::iter::once(self).chain(self.fallbacks.iter()).collect()
+    }
+
+    /// The longest `timeout_ms` in the chain: what a sending lease must cover.
+    pub fn longest_timeout_ms(&self) -> u64 {
+        self.chain()
+            .iter()
+            .map(|c| c.timeout_ms)
+            .max()
+            .unwrap_or(self.timeout_ms)
+    }
+
+    /// Refuse a chain that cannot work, naming the entry: names that are not plain or not
+    /// unique, a fallback with fallbacks of its own, an entry its provider refuses.
+    pub fn validate_chain(&self) -> Result<(), ProviderError> {
+        let invalid = |m: String| Err(ProviderError::InvalidConfig(m));
+        let mut seen = std::collections::HashSet::new();
+        for (i, c) in self.chain().into_iter().enumerate() {
+            let at = if i == 0 {
+                "provider".to_string()
+            } else {
+                format!("provider.fallbacks[{}]", i - 1)
+            };
+            if c.name.is_empty()
+                || c.name.len() > 40
+                || !c
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return invalid(format!(
+                    "{at}.name {:?} must be 1 to 40 letters, digits, - or _",
+                    c.name
+                ));
+            }
+            if !seen.insert(c.name.as_str()) {
+                return invalid(format!(
+                    "{at}.name {:?} is used twice: every provider of the chain needs its own name",
+                    c.name
+                ));
+            }
+            if i > 0 && !c.fallbacks.is_empty() {
+                return invalid(format!(
+                    "{at} has fallbacks of its own: list them all under provider.fallbacks"
+                ));
+            }
+            if let Err(e) = Provider::from_config(c) {
+                return match (i, e) {
+                    (0, e) => Err(e),
+                    (_, ProviderError::InvalidConfig(why)) => {
+                        invalid(format!("{at} ({}): {why}", c.name))
+                    }
+                    (_, e) => invalid(format!("{at} ({}): {e}", c.name)),
+                };
+            }
+        }
+        Ok(())
+    }
+
     /// Whether delivery receipts come: Twilio with a `status_callback_url`.
     pub fn receipts_on(&self) -> bool {
         self.kind == ProviderKind::Twilio
