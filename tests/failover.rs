@@ -165,6 +165,16 @@ async fn the_backup_sends_while_the_primary_is_down_and_traffic_returns() {
         "a permanent refusal never fails over"
     );
     assert!(backup.calls_for(bad).is_empty());
+    // Each attempt says which provider made it.
+    let by_backup: Uuid = b.keys().next().unwrap().parse().unwrap();
+    let rec = store.get(by_backup).await.unwrap().unwrap();
+    let last_try = rec.history.last().unwrap();
+    assert_eq!(
+        last_try.provider.as_deref(),
+        Some("backup"),
+        "{:?}",
+        rec.history
+    );
     // Traffic went back: the last messages were sent by the primary.
     let last = ids.last().unwrap().to_string();
     assert!(

@@ -847,6 +847,7 @@ async fn a_stored_row_the_broker_refuses_does_not_starve_the_scheduler(backend: 
             error_class: "transient".into(),
             error: "503".into(),
             latency_ms: 0,
+            provider: None,
         };
         w.store.record_outcome(m.id, 1, &retry, now).await.unwrap();
     }

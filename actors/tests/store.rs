@@ -319,6 +319,7 @@ fn sent(provider_message_id: &str) -> AttemptOutcome {
     AttemptOutcome::Sent {
         provider_message_id: provider_message_id.to_owned(),
         latency_ms: 12,
+        provider: Some("primary".into()),
     }
 }
 
@@ -328,6 +329,7 @@ fn retry_at(next_attempt_at: i64) -> AttemptOutcome {
         error_class: "http_503".to_owned(),
         error: "service unavailable".to_owned(),
         latency_ms: 40,
+        provider: Some("backup".into()),
     }
 }
 
@@ -336,6 +338,7 @@ fn failed() -> AttemptOutcome {
         error_class: "http_400".to_owned(),
         error: "not a mobile number".to_owned(),
         latency_ms: 7,
+        provider: None,
     }
 }
 
@@ -351,6 +354,7 @@ fn ambiguous(next_attempt_at: i64) -> AttemptOutcome {
         next_attempt_at,
         error: "timed out after sending".to_owned(),
         latency_ms: 30_000,
+        provider: Some("primary".into()),
     }
 }
 
@@ -603,6 +607,7 @@ async fn outcomes_and_history(db: &TestDb) {
             error: Some("service unavailable".into()),
             latency_ms: Some(40),
             provider_message_id: None,
+            provider: Some("backup".into()),
         }]
     );
 
@@ -658,6 +663,7 @@ async fn outcomes_and_history(db: &TestDb) {
             error: None,
             latency_ms: Some(12),
             provider_message_id: Some("SM-42".into()),
+            provider: Some("primary".into()),
         }
     );
 

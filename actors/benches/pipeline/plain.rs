@@ -132,6 +132,7 @@ pub(crate) async fn tasks_handle(ctx: &TasksCtx, body: &[u8]) -> Result<(), Stri
             &AttemptOutcome::Sent {
                 provider_message_id,
                 latency_ms: 0,
+                provider: None,
             },
             ctx.clock.now_ms(),
         )
@@ -177,6 +178,7 @@ pub(crate) async fn batch_handle(
                 AttemptOutcome::Sent {
                     provider_message_id,
                     latency_ms: 0,
+                    provider: None,
                 },
             )),
             other => return Err(format!("provider: {other}")),

@@ -11,12 +11,14 @@ pub type Decision = (AttemptOutcome, Option<(&'static str, String)>);
 
 /// What to record for a send result, and whether (with which class and error) the message
 /// goes to the failed queue. `latency_ms`: how long the provider call took (recorded on the
-/// attempt); `retry_at` gives the next attempt's due time.
+/// attempt); `provider`: the chain's provider that made it; `retry_at` gives the next
+/// attempt's due time.
 pub fn decide(
     sent: SendResult,
     attempt: u32,
     max_attempts: u32,
     latency_ms: u64,
+    provider: Option<String>,
     mut retry_at: impl FnMut() -> i64,
 ) -> Decision {
     match sent {
@@ -33,6 +35,7 @@ pub fn decide(
             AttemptOutcome::Sent {
                 provider_message_id,
                 latency_ms,
+                provider: provider.clone(),
             },
             None,
         ),
@@ -53,6 +56,7 @@ pub fn decide(
                     error_class: "permanent".into(),
                     error: error.clone(),
                     latency_ms,
+                    provider: provider.clone(),
                 },
                 Some(("permanent", error)),
             )
@@ -67,6 +71,7 @@ pub fn decide(
                         error_class: class,
                         error: error.clone(),
                         latency_ms,
+                        provider: provider.clone(),
                     },
                     Some(("exhausted", error)),
                 )
@@ -76,6 +81,7 @@ pub fn decide(
                         next_attempt_at: retry_at(),
                         error,
                         latency_ms,
+                        provider: provider.clone(),
                     },
                     None,
                 )
@@ -86,6 +92,7 @@ pub fn decide(
                         error_class: class,
                         error,
                         latency_ms,
+                        provider: provider.clone(),
                     },
                     None,
                 )
@@ -141,12 +148,13 @@ mod tests {
             ),
         ];
         for (sent, attempt, kind, failed) in cases {
-            let (outcome, f) = decide(sent, attempt, 5, 37, due);
+            let (outcome, f) = decide(sent, attempt, 5, 37, Some("backup".into()), due);
             assert_eq!(outcome.kind().as_str(), kind);
             // The call's latency goes with every outcome of a call (none for a deferral).
             let latency = serde_json::to_value(&outcome).unwrap()["latency_ms"].clone();
             if kind != "deferred" {
                 assert_eq!(latency, 37, "{kind}");
+                assert_eq!(outcome.provider(), Some("backup"), "{kind}");
             }
             assert_eq!(f.as_ref().map(|(c, _)| *c), failed);
             let text = serde_json::to_string(&outcome).unwrap();

@@ -584,6 +584,7 @@ async fn call_and_decide(p: &Pipeline, a: &Admitted) -> Result<Decision, Pipelin
             attempt,
             delivery_cfg.max_attempts,
             latency.as_millis() as u64,
+            Some(config.name.clone()),
             || now + delivery_cfg.retry_delay(attempt, &mut rng).as_millis() as i64,
         ));
     }
@@ -595,6 +596,7 @@ async fn call_and_decide(p: &Pipeline, a: &Admitted) -> Result<Decision, Pipelin
             attempt,
             delivery_cfg.max_attempts,
             0,
+            None,
             || retry_at_ms,
         ),
         None => {

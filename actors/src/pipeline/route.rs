@@ -127,6 +127,7 @@ mod tests {
         Some(CircuitState::Open {
             opened_at_ms: 0,
             retry_at_ms: 1_000,
+            reason: "server_error".into(),
         })
     }
 

@@ -40,6 +40,11 @@ const POSTGRES: &[Embedded] = &[
         "message_search",
         include_str!("../../migrations/postgres/0005_message_search.sql"),
     ),
+    (
+        6,
+        "attempt_provider",
+        include_str!("../../migrations/postgres/0006_attempt_provider.sql"),
+    ),
 ];
 
 /// SQLite migrations, in version order.
@@ -68,6 +73,11 @@ const SQLITE: &[Embedded] = &[
         5,
         "message_search",
         include_str!("../../migrations/sqlite/0005_message_search.sql"),
+    ),
+    (
+        6,
+        "attempt_provider",
+        include_str!("../../migrations/sqlite/0006_attempt_provider.sql"),
     ),
 ];
 

@@ -56,6 +56,7 @@ db_row! {
         error: Option<String>,
         latency_ms: Option<i64>,
         provider_message_id: Option<String>,
+        provider: Option<String>,
     }
 }
 
@@ -310,7 +311,7 @@ pub(super) const RECONCILED_NOTE: &str =
 const CLOSE_ATTEMPT: &str = "\
 UPDATE attempts
 SET finished_at = $2, outcome = $3, error_class = $4, error = $5, latency_ms = $6,
-    provider_message_id = $7
+    provider_message_id = $7, provider = $8
 WHERE message_id = $1 AND attempt = (SELECT MAX(attempt) FROM attempts WHERE message_id = $1)";
 
 /// An outcome for an attempt that is no longer current: logged, nothing changes.
@@ -339,6 +340,7 @@ pub(super) async fn record_one(
         AttemptOutcome::Sent {
             provider_message_id,
             latency_ms,
+            ..
         } => {
             let args = [id_arg, attempt_arg, Text(provider_message_id), now];
             let n = tx.execute(OUTCOME_SENT, &args).await?;
@@ -368,6 +370,7 @@ pub(super) async fn record_one(
             error_class,
             error,
             latency_ms,
+            ..
         } => {
             let args = [
                 id_arg,
@@ -390,6 +393,7 @@ pub(super) async fn record_one(
             error_class,
             error,
             latency_ms,
+            ..
         } => {
             let args = [id_arg, attempt_arg, Text(error), Text(error_class), now];
             let n = tx.execute(OUTCOME_FAILED, &args).await?;
@@ -419,6 +423,7 @@ pub(super) async fn record_one(
             next_attempt_at,
             error,
             latency_ms,
+            ..
         } => {
             let args = [id_arg, attempt_arg, Int(*next_attempt_at), Text(error), now];
             let n = tx.execute(OUTCOME_AMBIGUOUS, &args).await?;
@@ -445,6 +450,7 @@ pub(super) async fn record_one(
             OptText(error),
             OptInt(latency_ms.map(|l| i64::try_from(l).unwrap_or(i64::MAX))),
             OptText(provider_message_id),
+            OptText(outcome.provider()),
         ],
     )
     .await?;
@@ -928,7 +934,8 @@ pub(super) async fn other_with_provider_id(
 }
 
 const SELECT_ATTEMPTS: &str = "\
-SELECT attempt, started_at, finished_at, outcome, error_class, error, latency_ms, provider_message_id
+SELECT attempt, started_at, finished_at, outcome, error_class, error, latency_ms, provider_message_id,
+       provider
 FROM attempts WHERE message_id = $1 ORDER BY attempt";
 
 pub(super) async fn get(tx: &mut Tx, id: Uuid) -> Result<Option<MessageRecord>, StoreError> {
@@ -965,6 +972,7 @@ pub(super) async fn get(tx: &mut Tx, id: Uuid) -> Result<Option<MessageRecord>, 
                 error: a.error,
                 latency_ms: a.latency_ms,
                 provider_message_id: a.provider_message_id,
+                provider: a.provider,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;

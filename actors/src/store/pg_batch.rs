@@ -72,9 +72,9 @@ pub(super) async fn insert_new(
 const RECORD: &str = "\
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::int4[], $3::text[], $4::bool[], $5::int4[], $6::int8[],
-                         $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[])
+                         $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[], $13::text[])
         WITH ORDINALITY AS t(id, attempt, status, sent, delta, next_attempt_at, error,
-                             error_class, provider_message_id, outcome, latency_ms, n)
+                             error_class, provider_message_id, outcome, latency_ms, provider, n)
 ), locked AS (
     SELECT m.id FROM messages m JOIN input i ON m.id = i.id
     WHERE m.status = 'sending' AND m.attempts = i.attempt
@@ -97,7 +97,8 @@ WITH input AS (
 ), closed AS (
     UPDATE attempts a
     SET finished_at = $12, outcome = i.outcome, error_class = i.error_class, error = i.error,
-        latency_ms = i.latency_ms, provider_message_id = i.provider_message_id
+        latency_ms = i.latency_ms, provider_message_id = i.provider_message_id,
+        provider = i.provider
     FROM input i JOIN changed c ON c.id = i.id
     WHERE a.message_id = i.id
       AND a.attempt = (SELECT MAX(x.attempt) FROM attempts x WHERE x.message_id = i.id)
@@ -144,6 +145,7 @@ fn columns(outcome: &AttemptOutcome) -> Columns<'_> {
         AttemptOutcome::Sent {
             provider_message_id,
             latency_ms,
+            ..
         } => Columns {
             status: "sent",
             delta: 0,
@@ -169,6 +171,7 @@ fn columns(outcome: &AttemptOutcome) -> Columns<'_> {
             error_class,
             error,
             latency_ms,
+            ..
         } => failure(
             Some(*next_attempt_at),
             error,
@@ -179,6 +182,7 @@ fn columns(outcome: &AttemptOutcome) -> Columns<'_> {
             error_class,
             error,
             latency_ms,
+            ..
         } => failure(None, error, error_class, Some(*latency_ms)),
         AttemptOutcome::Deferred {
             next_attempt_at,
@@ -191,6 +195,7 @@ fn columns(outcome: &AttemptOutcome) -> Columns<'_> {
             next_attempt_at,
             error,
             latency_ms,
+            ..
         } => failure(
             Some(*next_attempt_at),
             error,
@@ -233,6 +238,12 @@ pub(super) async fn record(
                 .collect::<Vec<_>>(),
         )
         .bind(now_ms)
+        .bind(
+            outcomes
+                .iter()
+                .map(|(_, _, o)| o.provider())
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(pool)
         .await?;
     Ok(rows.into_iter().map(|(id,)| id).collect())

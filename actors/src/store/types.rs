@@ -186,6 +186,9 @@ pub enum AttemptOutcome {
         provider_message_id: String,
         /// How long the provider call took.
         latency_ms: u64,
+        /// Which provider of the chain made the call (its `name`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        provider: Option<String>,
     },
     /// Not sent: an earlier attempt whose fate was unknown turns out to have reached the
     /// provider, which has it under `provider_message_id` (see `provider::reconcile`). Status
@@ -204,6 +207,9 @@ pub enum AttemptOutcome {
         error: String,
         /// How long the provider call took.
         latency_ms: u64,
+        /// Which provider of the chain made the call (its `name`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        provider: Option<String>,
     },
     /// A permanent failure (or the retry budget is spent): status `failed`.
     Failed {
@@ -213,6 +219,9 @@ pub enum AttemptOutcome {
         error: String,
         /// How long the provider call took.
         latency_ms: u64,
+        /// Which provider of the chain made the call (its `name`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        provider: Option<String>,
     },
     /// Not tried (the provider's circuit is open): status `retry_scheduled` and the attempt is
     /// given back (`attempts - 1`); the attempt row's outcome is `deferred`.
@@ -231,10 +240,24 @@ pub enum AttemptOutcome {
         error: String,
         /// How long the provider call took.
         latency_ms: u64,
+        /// Which provider of the chain made the call (its `name`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        provider: Option<String>,
     },
 }
 
 impl AttemptOutcome {
+    /// The provider of the chain that made the call, for an outcome of a call.
+    pub fn provider(&self) -> Option<&str> {
+        match self {
+            AttemptOutcome::Sent { provider, .. }
+            | AttemptOutcome::Retry { provider, .. }
+            | AttemptOutcome::Failed { provider, .. }
+            | AttemptOutcome::Ambiguous { provider, .. } => provider.as_deref(),
+            AttemptOutcome::Reconciled { .. } | AttemptOutcome::Deferred { .. } => None,
+        }
+    }
+
     /// The outcome recorded on the attempt row.
     pub fn kind(&self) -> OutcomeKind {
         match self {
@@ -417,4 +440,7 @@ pub struct AttemptRecord {
     pub latency_ms: Option<i64>,
     /// The provider's id, if it accepted the message.
     pub provider_message_id: Option<String>,
+    /// Which provider of the chain made the call (`None` before migration 0006, or for an
+    /// attempt that made none).
+    pub provider: Option<String>,
 }
