@@ -13,8 +13,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use crate::message::OutboundMessage;
 use crate::pipeline::Pipeline;
 use crate::provider::{
-    AttemptWindow, CircuitBreaker, Fetched, Permit, Provider, Reconciliation, SendOutcome,
-    Transition,
+    AttemptWindow, CircuitBreaker, CircuitState, Fetched, Permit, Provider, Reconciliation,
+    SendOutcome, Transition,
 };
 
 /// What a send came to.
@@ -90,12 +90,29 @@ pub struct ProviderState {
 }
 
 impl ProviderState {
-    /// Cache the circuit for the router and the probes.
-    fn publish_circuit(&self) {
+    /// Cache the circuit for the router and the probes, and say it in the tree (`/status`:
+    /// `primary twilio, circuit closed`).
+    fn publish_circuit(&self, me: &ActorRef<ProviderMessage>) {
+        let state = self.circuit.state();
+        let circuit = match &state {
+            CircuitState::Closed { .. } => "closed",
+            CircuitState::Open { .. } => "open",
+            CircuitState::HalfOpen { .. } => "half-open",
+        };
+        let role = if self.index == 0 {
+            "primary"
+        } else {
+            "fallback"
+        };
+        self.p.tree.set_detail(
+            &self.p.path(&format!("providers/{}", self.config.name)),
+            me.get_id(),
+            format!("{role} {}, circuit {circuit}", self.config.kind),
+        );
         self.p.ops.set_provider_circuit(
             self.index,
             &self.config.name,
-            self.circuit.state(),
+            state,
             self.p.clock.now_ms(),
         );
     }
@@ -142,7 +159,7 @@ impl Actor for ProviderWorker {
 
     async fn pre_start(
         &self,
-        _: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         ProviderArgs { p, index }: ProviderArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let Some(config) = p.config.provider.chain().get(index).map(|c| (*c).clone()) else {
@@ -160,7 +177,7 @@ impl Actor for ProviderWorker {
             open_since_ms: None,
             alerted: false,
         };
-        state.publish_circuit();
+        state.publish_circuit(&myself);
         Ok(state)
     }
 
@@ -179,7 +196,7 @@ impl Actor for ProviderWorker {
                 let permit = state.circuit.check();
                 if permit != Permit::Allowed {
                     // It may have just moved to half-open: keep the cached state current.
-                    state.publish_circuit();
+                    state.publish_circuit(&myself);
                 }
                 let probe = match permit {
                     Permit::Allowed => false,
@@ -294,7 +311,7 @@ impl Actor for ProviderWorker {
                     }
                     _ => {}
                 }
-                state.publish_circuit();
+                state.publish_circuit(&myself);
                 let _ = reply.send(SendResult::Done(outcome));
             }
         }
