@@ -450,44 +450,34 @@ async fn found_at(
     attempt: u32,
     provider_message_id: String,
 ) -> Result<bool, PipelineError> {
-    let found = Reconciliation::Found {
+    let other = store
+        .other_with_provider_id(&provider_message_id, msg.id)
+        .await
+        .map_err(|e| suspect(p, e))?;
+    if let Some(other) = other {
+        // Another message with the same recipient and text went out in the same window: what
+        // was found is that one. Send this one.
+        tracing::warn!(
+            %provider_message_id,
+            %other,
+            "the message found at the provider is another one's: sending"
+        );
+        return Ok(false);
+    }
+    tracing::info!(
+        %provider_message_id,
+        "an earlier attempt reached the provider: recorded sent, not sent again"
+    );
+    let outcome = AttemptOutcome::Reconciled {
         provider_message_id,
     };
-    match found {
-        Reconciliation::Found {
-            provider_message_id,
-        } => {
-            let other = store
-                .other_with_provider_id(&provider_message_id, msg.id)
-                .await
-                .map_err(|e| suspect(p, e))?;
-            if let Some(other) = other {
-                // Another message with the same recipient and text went out in the same
-                // window: what was found is that one. Send this one.
-                tracing::warn!(
-                    %provider_message_id,
-                    %other,
-                    "the message found at the provider is another one's: sending"
-                );
-                return Ok(false);
-            }
-            tracing::info!(
-                %provider_message_id,
-                "an earlier attempt reached the provider: recorded sent, not sent again"
-            );
-            let outcome = AttemptOutcome::Reconciled {
-                provider_message_id,
-            };
-            store
-                .record_outcome(msg.id, attempt, &outcome, p.clock.now_ms())
-                .await
-                .map_err(|e| suspect(p, e))?;
-            p.ops.metrics.count_outcome(outcome.kind());
-            ack(delivery).await?;
-            Ok(true)
-        }
-        _ => Ok(false),
-    }
+    store
+        .record_outcome(msg.id, attempt, &outcome, p.clock.now_ms())
+        .await
+        .map_err(|e| suspect(p, e))?;
+    p.ops.metrics.count_outcome(outcome.kind());
+    ack(delivery).await?;
+    Ok(true)
 }
 
 /// Call the provider for an admitted message and decide what its answer means. An `Err` is a

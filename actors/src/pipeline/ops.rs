@@ -10,7 +10,7 @@
 //! to one recorder (the application's Prometheus recorder); [`PipelineMetrics::default`] is a
 //! set of no-op handles, for benches and tests that do not scrape.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -406,6 +406,34 @@ pub struct QueueSample {
     pub at_ms: i64,
 }
 
+/// One interval of the trends (see `trends.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrendSample {
+    /// End of the interval (Unix ms).
+    pub at_ms: i64,
+    /// Its length.
+    pub interval_ms: u64,
+    /// Attempts recorded in it, by outcome (sent, retry, failed, deferred, ambiguous), and
+    /// messages set aside as invalid.
+    pub outcomes: BTreeMap<&'static str, u64>,
+    /// Provider calls in it.
+    pub calls: u64,
+    /// Their mean latency (`None` without a call).
+    pub latency_ms: Option<f64>,
+    /// Messages ready in each queue, as last sampled.
+    pub queues: BTreeMap<String, u32>,
+    /// Restarts in the tree in it.
+    pub restarts: u64,
+}
+
+/// The trends worker's ring of samples, oldest first (cached here for `GET /trends`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Trends {
+    pub sample_ms: u64,
+    pub window_ms: u64,
+    pub samples: VecDeque<TrendSample>,
+}
+
 /// The failed-queue re-drive, as last seen.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RedriveStatus {
@@ -441,7 +469,7 @@ struct Cells {
     consumption_paused: AtomicBool,
     redrive: Mutex<RedriveStatus>,
     consumed: AtomicU64,
-    trends: RwLock<Arc<crate::pipeline::trends::Trends>>,
+    trends: RwLock<Arc<Trends>>,
     /// The store worker's handle, with the incarnation that published it.
     store: RwLock<Option<(ractor::ActorId, crate::store::Store)>>,
 }
@@ -537,12 +565,12 @@ impl Ops {
     }
 
     /// The trends as last sampled (empty before the first sample).
-    pub fn trends(&self) -> Arc<crate::pipeline::trends::Trends> {
+    pub fn trends(&self) -> Arc<Trends> {
         self.cells.trends.read().clone()
     }
 
     /// Written by the trends worker after each sample.
-    pub fn set_trends(&self, trends: Arc<crate::pipeline::trends::Trends>) {
+    pub fn set_trends(&self, trends: Arc<Trends>) {
         *self.cells.trends.write() = trends;
     }
 

@@ -15,7 +15,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 
 use crate::pipeline::Pipeline;
-use crate::pipeline::ops::{Tallies, TallyReading};
+use crate::pipeline::ops::{Tallies, TallyReading, TrendSample, Trends};
 
 /// `[trends]`: what the console's charts show.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,34 +41,6 @@ impl TrendsConfig {
     pub fn capacity(&self) -> usize {
         (self.window_ms / self.sample_ms.max(1)).clamp(2, 10_000) as usize
     }
-}
-
-/// One interval.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TrendSample {
-    /// End of the interval (Unix ms).
-    pub at_ms: i64,
-    /// Its length.
-    pub interval_ms: u64,
-    /// Attempts recorded in it, by outcome (sent, retry, failed, deferred, ambiguous), and
-    /// messages set aside as invalid.
-    pub outcomes: BTreeMap<&'static str, u64>,
-    /// Provider calls in it.
-    pub calls: u64,
-    /// Their mean latency (`None` without a call).
-    pub latency_ms: Option<f64>,
-    /// Messages ready in each queue, as last sampled.
-    pub queues: BTreeMap<String, u32>,
-    /// Restarts in the tree in it.
-    pub restarts: u64,
-}
-
-/// The ring of samples, oldest first.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Trends {
-    pub sample_ms: u64,
-    pub window_ms: u64,
-    pub samples: VecDeque<TrendSample>,
 }
 
 /// The sample of the interval from `before` to `now` (totals read then). Pure.
