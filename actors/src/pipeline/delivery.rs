@@ -23,7 +23,7 @@ use crate::pipeline::scheduler::SchedulerMessage;
 use crate::pipeline::set_aside::{Received, failed_headers, invalid_copy};
 use crate::pipeline::store_worker::store_of;
 use crate::pipeline::{DeliveryConfig, Pipeline, PipelineError, route};
-use crate::provider::{AttemptWindow, ProviderConfig, Reconciliation};
+use crate::provider::{AttemptWindow, CircuitState, ProviderConfig, Reconciliation};
 use crate::store::{Admission, AttemptOutcome, Store, Uncertain};
 use crate::supervisor::{ChildCtx, SplitMix64};
 
@@ -509,7 +509,8 @@ async fn call_and_decide(p: &Pipeline, a: &Admitted) -> Result<Decision, Pipelin
     }
     let (msg, attempt) = (&a.msg, a.attempt);
     let chain = p.config.provider.chain();
-    let order = route::order(&p.ops.providers(), now, p.config.failover.revert_after_ms);
+    let views = p.ops.providers();
+    let order = route::order(&views, now, p.config.failover.revert_after_ms);
     // Each provider in turn while they refuse because their circuit is open (an answer that
     // costs no request); the first that takes the message makes the attempt.
     let mut refused_until: Option<i64> = None;
@@ -564,7 +565,12 @@ async fn call_and_decide(p: &Pipeline, a: &Admitted) -> Result<Decision, Pipelin
         let latency = called.elapsed();
         p.ops.metrics.count_call(index, latency);
         tracing::Span::current().record("provider", config.name.as_str());
-        if let Some((from, to)) = p.ops.note_route(index) {
+        // A probe of a provider whose circuit is not closed is not traffic moving: after it
+        // closes the circuit, the revert hold still keeps traffic where it is.
+        let probe = views
+            .get(index)
+            .is_some_and(|v| !matches!(v.circuit, Some(CircuitState::Closed { .. })));
+        if !probe && let Some((from, to)) = p.ops.note_route(index) {
             failover_alert(p, &chain, from, to);
         }
         let now = p.clock.now_ms();
