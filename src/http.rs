@@ -748,6 +748,19 @@ fn pipeline_of(app: &AppState) -> Result<&Pipeline, Refusal> {
     })
 }
 
+/// Text matched against stored ids, correlation ids, numbers or error classes: none of them
+/// holds a control character (the message contract refuses them), and PostgreSQL cannot take
+/// a NUL in a parameter, so such text is a bad request rather than a store error.
+fn searchable(what: &str, s: &str) -> Result<(), Refusal> {
+    if s.chars().any(char::is_control) {
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            format!("{what} holds a control character: nothing stored can match it"),
+        ));
+    }
+    Ok(())
+}
+
 fn parse_id(raw: &str) -> Result<Uuid, Refusal> {
     Uuid::parse_str(raw)
         .map_err(|_| Refusal(StatusCode::BAD_REQUEST, format!("`{raw}` is not a UUID")))
@@ -886,7 +899,7 @@ const MAX_PAGE: u32 = 200;
         ("reveal" = Option<bool>, Query, description = "Show bodies and recipients unmasked (admin token only)")),
     responses(
         (status = 200, description = "A page, newest first", body = crate::responses::MessagePage),
-        (status = 400, description = "A bad status, cursor or limit", body = crate::responses::ErrorBody),
+        (status = 400, description = "A bad status, cursor or limit, or a q holding a control character", body = crate::responses::ErrorBody),
         (status = 401, description = "A wrong token, or none while api.token is set", body = crate::responses::ErrorBody),
         (status = 403, description = "?reveal=true without the admin token", body = crate::responses::ErrorBody),
         (status = 503, description = "The store did not answer", body = crate::responses::ErrorBody),
@@ -937,9 +950,15 @@ async fn list_messages(
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };
+    let search = q.q.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    if let Some(s) = &search
+        && let Err(r) = searchable("q", s)
+    {
+        return r.into_response();
+    }
     let query = ListQuery {
         status,
-        q: q.q.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()),
+        q: search,
         before,
         limit,
     };
@@ -992,6 +1011,7 @@ async fn failure_groups(State(app): State<AppState>, headers: HeaderMap) -> Resp
     params(("class" = String, Path, description = "The error class, as GET /messages/failures names it")),
     responses(
         (status = 202, description = "Put back into play (at most 500 a call)", body = crate::responses::GroupRetried),
+        (status = 400, description = "A class holding a control character", body = crate::responses::ErrorBody),
         (status = 401, description = "Not the admin token", body = crate::responses::ErrorBody),
         (status = 403, description = "admin.allow_destructive_actions is off", body = crate::responses::ErrorBody),
         (status = 503, description = "The scheduler or the store did not answer", body = crate::responses::ErrorBody),
@@ -1004,6 +1024,9 @@ async fn retry_group(
 ) -> Response {
     if let Err((code, why)) = app.access.destructive(&headers) {
         return error(code, why);
+    }
+    if let Err(r) = searchable("the error class", &class) {
+        return r.into_response();
     }
     let p = match pipeline_of(&app) {
         Ok(p) => p,

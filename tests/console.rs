@@ -125,6 +125,7 @@ async fn messages_page_filter_group_and_retry_by_group() {
         "/messages?limit=0",
         "/messages?limit=201",
         "/messages?before=nope",
+        "/messages?q=%00%27%3B--",
     ] {
         let (status, body) = api.call(reqwest::Method::GET, bad, false).await;
         assert_eq!(status, 400, "{bad}: {body}");
@@ -172,6 +173,10 @@ async fn messages_page_filter_group_and_retry_by_group() {
         )
         .await;
     assert_eq!(status, 401, "admin only: {body}");
+    let (status, body) = api
+        .call(reqwest::Method::POST, "/messages/failures/%00/retry", true)
+        .await;
+    assert_eq!(status, 400, "a NUL is no class: {body}");
     let (status, body) = api
         .call(
             reqwest::Method::POST,
