@@ -739,6 +739,14 @@ impl IntoResponse for Refusal {
     }
 }
 
+/// A destructive admin call's prelude: the admin token and the switch, then the pipeline.
+fn destructive_on<'a>(app: &'a AppState, headers: &HeaderMap) -> Result<&'a Pipeline, Refusal> {
+    app.access
+        .destructive(headers)
+        .map_err(|(code, why)| Refusal(code, why.to_string()))?;
+    pipeline_of(app)
+}
+
 fn pipeline_of(app: &AppState) -> Result<&Pipeline, Refusal> {
     app.pipeline.as_ref().ok_or_else(|| {
         Refusal(
@@ -1171,10 +1179,7 @@ async fn redrive(
     ),
     security(("admin_token" = [])))]
 async fn pause(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err((code, why)) = app.access.destructive(&headers) {
-        return error(code, why);
-    }
-    let p = match pipeline_of(&app) {
+    let p = match destructive_on(&app, &headers) {
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };
@@ -1192,10 +1197,7 @@ async fn pause(State(app): State<AppState>, headers: HeaderMap) -> Response {
     ),
     security(("admin_token" = [])))]
 async fn resume(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err((code, why)) = app.access.destructive(&headers) {
-        return error(code, why);
-    }
-    let p = match pipeline_of(&app) {
+    let p = match destructive_on(&app, &headers) {
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };

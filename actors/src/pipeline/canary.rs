@@ -31,7 +31,6 @@ use crate::pipeline::Pipeline;
 use crate::pipeline::alerts::{Alert, AlertKind, raise};
 use crate::pipeline::broker::publisher::publish;
 use crate::pipeline::provider_worker::ProviderMessage;
-use crate::pipeline::store_worker::store_of;
 use crate::provider::{Fetched, ProviderKind};
 use crate::store::{MessageRecord, MessageStatus, OutcomeKind};
 
@@ -274,14 +273,12 @@ fn seen_of(rec: Option<MessageRecord>) -> Seen {
 }
 
 async fn record_of(p: &Pipeline, id: Uuid) -> Option<MessageRecord> {
-    let store = store_of(p).await.ok()?;
-    match store.get(id).await {
-        Ok(rec) => rec,
-        Err(e) => {
+    crate::pipeline::admin::find(p, id)
+        .await
+        .unwrap_or_else(|e| {
             tracing::debug!(error = %e, canary = %id, "canary record not read");
             None
-        }
-    }
+        })
 }
 
 impl CanaryState {

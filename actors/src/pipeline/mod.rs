@@ -120,12 +120,12 @@ impl Pipeline {
         &self,
         index: usize,
     ) -> Result<ActorRef<provider_worker::ProviderMessage>, PipelineError> {
-        let name = self
-            .config
-            .provider
-            .chain()
-            .get(index)
-            .map_or_else(String::new, |c| c.name.clone());
+        // Called for every provider of the chain on every delivery: no chain built for it.
+        let p = &self.config.provider;
+        let name = match index {
+            0 => p.name.as_str(),
+            i => p.fallbacks.get(i - 1).map_or("", |c| c.name.as_str()),
+        };
         self.lookup(&format!("providers/{name}"), "the provider")
     }
 
